@@ -1,0 +1,68 @@
+"""Runstream: durable, resumable realtime streams for background jobs.
+
+:func:`create_app` builds the Flask application. Everything a request needs lives in one
+:class:`Runtime` stored in ``app.extensions["runstream"]``: the settings, the database engine, the
+hub that wakes waiting readers and the store through which every chunk is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import Engine
+
+from . import migrations
+from .config import DEFAULTS, Settings
+from .db import make_engine
+from .hub import Hub, InProcessHub
+from .store import Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    hub: Hub
+    store: Store
+
+    def close(self) -> None:
+        self.hub.close()
+        self.engine.dispose()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Runstream application.
+
+    Settings come from ``RUNSTREAM_*`` environment variables, then from ``config``. The database
+    schema is created or upgraded to the current version before the app is returned.
+    """
+    instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("RUNSTREAM_INSTANCE_PATH")
+    app = Flask(__name__, instance_path=instance_path or None, instance_relative_config=True)
+    app.config.update(DEFAULTS)
+    app.config.from_prefixed_env("RUNSTREAM")
+    if config:
+        app.config.update(config)
+
+    settings = Settings.from_mapping(app.config, app.instance_path)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_append_bytes
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    migrations.upgrade(engine)
+    hub = InProcessHub()
+    app.extensions["runstream"] = Runtime(
+        settings=settings, engine=engine, hub=hub, store=Store(engine, hub)
+    )
+
+    from .protocol import blueprint as protocol_blueprint
+
+    app.register_blueprint(protocol_blueprint)
+    return app
+
+
+def runtime() -> Runtime:
+    """The :class:`Runtime` of the application handling the current request."""
+    value: Runtime = current_app.extensions["runstream"]
+    return value

@@ -1,0 +1,453 @@
+"""The Durable Streams HTTP protocol, mounted at ``/v1/stream/<path>``.
+
+A thin face over the store: this module turns headers and query parameters into store calls and
+store results into status codes and headers. It holds no stream state of its own. Live reads
+(long-poll and SSE) subscribe to the hub before reading, so an append that commits between the
+read and the wait still wakes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import cursors, offsets, runtime
+from .content_types import DEFAULT, is_json, is_text
+from .errors import BadRequest, StreamError
+from .json_messages import join_messages, split_messages
+from .store import AppendRequest, CreateRequest, ForkRequest, ProducerClaim, ReadResult, Store
+
+blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
+
+# Producer-Epoch and Producer-Seq must fit a JavaScript number exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+EXPOSED_HEADERS = ", ".join(
+    [
+        "Stream-Next-Offset",
+        "Stream-Up-To-Date",
+        "Stream-Closed",
+        "Stream-Cursor",
+        "Stream-TTL",
+        "Stream-Expires-At",
+        "Stream-SSE-Data-Encoding",
+        "Producer-Epoch",
+        "Producer-Seq",
+        "Producer-Expected-Seq",
+        "Producer-Received-Seq",
+        "ETag",
+        "Location",
+    ]
+)
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+@blueprint.errorhandler(StreamError)
+def stream_error(error: StreamError) -> Response:
+    response = error_response(error.status, error.message)
+    response.headers.update(error.headers)
+    return response
+
+
+@blueprint.errorhandler(RequestEntityTooLarge)
+def too_large(_error: RequestEntityTooLarge) -> Response:
+    limit = runtime().settings.max_append_bytes
+    return error_response(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+def error_response(status: int, message: str) -> Response:
+    response = Response(message + "\n", status=status, content_type="text/plain; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.after_request
+def security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    headers["Access-Control-Allow-Origin"] = "*"
+    headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return response
+
+
+def empty_response(status: int) -> Response:
+    response = Response(status=status)
+    del response.headers["Content-Type"]
+    return response
+
+
+def stream_headers(response: Response, next_position: int, *, closed: bool) -> None:
+    response.headers["Stream-Next-Offset"] = offsets.encode(next_position)
+    if closed:
+        response.headers["Stream-Closed"] = "true"
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@blueprint.route("/<path:path>", methods=["PUT", "POST", "GET", "HEAD", "DELETE", "OPTIONS"])
+def stream(path: str) -> Response:
+    store = runtime().store
+    match request.method:
+        case "PUT":
+            return create(store, path)
+        case "POST":
+            return append(store, path)
+        case "GET":
+            return read(store, path)
+        case "HEAD":
+            return head(store, path)
+        case "DELETE":
+            store.delete(path)
+            return empty_response(204)
+        case _:
+            return preflight()
+
+
+def preflight() -> Response:
+    response = empty_response(204)
+    response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", "*"
+    )
+    response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+def create(store: Store, path: str) -> Response:
+    content_type = request.headers.get("Content-Type") or DEFAULT
+    ttl, expires_at = parse_expiry()
+    fork = parse_fork()
+    if fork is not None and "Content-Type" not in request.headers:
+        content_type = ""  # inherit the source's
+    body = request.get_data(cache=False)
+    messages = parse_messages(content_type, body, allow_empty_batch=True) if body else []
+    result = store.create(
+        path,
+        CreateRequest(
+            content_type=content_type,
+            messages=messages,
+            ttl_seconds=ttl,
+            expires_at=expires_at,
+            closed=header_is_true("Stream-Closed"),
+            fork=fork,
+        ),
+    )
+    info = result.stream
+    response = Response(status=201 if result.created else 200)
+    response.headers["Content-Type"] = info.content_type
+    stream_headers(response, info.next_position, closed=info.closed)
+    if result.created:
+        response.headers["Location"] = request.base_url
+    return response
+
+
+def append(store: Store, path: str) -> Response:
+    close = header_is_true("Stream-Closed")
+    body = request.get_data(cache=False)
+    content_type = request.headers.get("Content-Type")
+    if not body and not close:
+        raise BadRequest("the body is empty: send data to append, or Stream-Closed: true to close")
+    if body and not content_type:
+        raise BadRequest("Content-Type is required when appending data")
+    claim = parse_producer()
+    messages = parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
+    result = store.append(
+        path,
+        AppendRequest(
+            messages=messages,
+            content_type=content_type,
+            producer=claim,
+            stream_seq=request.headers.get("Stream-Seq"),
+            close=close,
+        ),
+    )
+    info = result.stream
+    # A producer's new data is 200; its retries, its close-only requests and plain appends, 204.
+    response = empty_response(200 if claim is not None and result.stored and messages else 204)
+    stream_headers(response, info.next_position, closed=info.closed)
+    if claim is not None:
+        response.headers["Producer-Epoch"] = str(claim.epoch)
+        response.headers["Producer-Seq"] = str(result.producer_seq)
+    return response
+
+
+def head(store: Store, path: str) -> Response:
+    info = store.head(path)
+    response = Response(status=200)
+    response.headers["Content-Type"] = info.content_type
+    stream_headers(response, info.next_position, closed=info.closed)
+    if info.ttl_seconds is not None:
+        response.headers["Stream-TTL"] = str(info.ttl_seconds)
+    if info.expires_at is not None:
+        response.headers["Stream-Expires-At"] = format_time(info.expires_at)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def read(store: Store, path: str) -> Response:
+    live = request.args.get("live")
+    if live not in (None, "long-poll", "sse"):
+        raise BadRequest(f"live must be long-poll or sse, not {live!r}")
+    given = request.args.getlist("offset")
+    if len(given) > 1:
+        raise BadRequest("give one offset, not several")
+    if not given and live is not None:
+        raise BadRequest(f"live={live} needs an offset: -1, now, or a Stream-Next-Offset value")
+    position = parse_read_offset(given[0] if given else offsets.START)
+    settings = runtime().settings
+    if live == "sse":
+        return sse(store, path, position)
+
+    if live == "long-poll":
+        result = long_poll(store, path, position, settings.long_poll_timeout, settings.max_read_bytes)
+    else:
+        result = store.read(path, position, max_bytes=settings.max_read_bytes)
+    info = result.stream
+
+    if live == "long-poll" and not result.messages:
+        response = empty_response(204)
+        stream_headers(response, result.next_position, closed=info.closed)
+        response.headers["Stream-Up-To-Date"] = "true"
+        if not info.closed:
+            response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    body = join_messages(result.messages) if info.is_json else b"".join(result.messages)
+    response = Response(body, status=200, content_type=info.content_type)
+    stream_headers(response, result.next_position, closed=result.reached_end)
+    if result.up_to_date:
+        response.headers["Stream-Up-To-Date"] = "true"
+    if live == "long-poll":
+        response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
+    if position is None:
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    start = position
+    etag = f'"{info.id}:{start}:{result.next_position}{":c" if result.reached_end else ""}"'
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "private, max-age=60, stale-while-revalidate=300"
+    if request.if_none_match.contains_raw(etag):
+        not_modified = empty_response(304)
+        not_modified.headers["ETag"] = etag
+        not_modified.headers["Cache-Control"] = response.headers["Cache-Control"]
+        stream_headers(not_modified, result.next_position, closed=result.reached_end)
+        return not_modified
+    return response
+
+
+def long_poll(
+    store: Store, path: str, position: int | None, timeout: float, max_bytes: int
+) -> ReadResult:
+    """Read at ``position``, waiting up to ``timeout`` seconds for data if there is none yet."""
+    deadline = time.monotonic() + timeout
+    with store.hub.subscribe(path) as subscription:
+        result = store.read(path, position, max_bytes=max_bytes)
+        position = result.next_position
+        while not result.messages and not result.stream.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            subscription.wait(remaining)
+            result = store.read(path, position, max_bytes=max_bytes)
+    return result
+
+
+def sse(store: Store, path: str, position: int | None) -> Response:
+    settings = runtime().settings
+    # Fail before the 200 is sent if the stream does not exist or the offset is past its tail.
+    first = store.read(path, position, max_bytes=settings.max_read_bytes)
+    info = first.stream
+    encode_base64 = not is_text(info.content_type)
+    client_cursor = request.args.get("cursor")
+
+    def events() -> Iterator[str]:
+        deadline = time.monotonic() + settings.sse_max_duration
+        result = first
+        with store.hub.subscribe(path) as subscription:
+            announced = False
+            while True:
+                # A data event and the control event that follows it go out in one write, so
+                # that a reader never sees data without the offset to resume after it.
+                if result.messages:
+                    payload = (
+                        join_messages(result.messages)
+                        if result.stream.is_json
+                        else b"".join(result.messages)
+                    )
+                    yield data_event(payload, encode_base64) + control_event(result, client_cursor)
+                    announced = True
+                elif not announced or result.reached_end:
+                    yield control_event(result, client_cursor)
+                    announced = True
+                if result.reached_end:
+                    return
+                if result.up_to_date:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    if not subscription.wait(min(remaining, settings.sse_keepalive)):
+                        yield ": keep-alive\n\n"
+                        if time.monotonic() >= deadline:
+                            return
+                        continue
+                try:
+                    result = store.read(
+                        path, result.next_position, max_bytes=settings.max_read_bytes
+                    )
+                except StreamError:
+                    return  # deleted or expired while we were reading
+
+    response = Response(events(), status=200, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    if encode_base64:
+        response.headers["Stream-SSE-Data-Encoding"] = "base64"
+    return response
+
+
+def data_event(payload: bytes, encode_base64: bool) -> str:
+    """An SSE data event. Each line of the payload is one ``data:`` field.
+
+    SSE readers drop one space after ``data:``, so a line that starts with a space gets one more.
+    Line breaks inside a text payload all arrive as ``\n``: SSE cannot carry ``\r``.
+    """
+    if encode_base64:
+        text = base64.b64encode(payload).decode("ascii")
+    else:
+        text = payload.decode("utf-8", "replace")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    fields = "".join(f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n" for line in lines)
+    return "event: data\n" + fields + "\n"
+
+
+def control_event(result: ReadResult, client_cursor: str | None) -> str:
+    control: dict[str, object] = {"streamNextOffset": offsets.encode(result.next_position)}
+    if result.reached_end:
+        control["streamClosed"] = True
+        control["upToDate"] = True
+    else:
+        control["streamCursor"] = cursors.next_cursor(client_cursor)
+        if result.up_to_date:
+            control["upToDate"] = True
+    return "event: control\ndata:" + json.dumps(control, separators=(",", ":")) + "\n\n"
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def header_is_true(name: str) -> bool:
+    return request.headers.get(name, "").strip().lower() == "true"
+
+
+def parse_read_offset(offset: str) -> int | None:
+    """The position to read from; None means the tail (``now``)."""
+    if offset == offsets.START:
+        return 0
+    if offset == offsets.NOW:
+        return None
+    return offsets.decode(offset)
+
+
+def parse_messages(content_type: str, body: bytes, *, allow_empty_batch: bool) -> list[bytes]:
+    if not is_json(content_type):
+        return [body]
+    messages = split_messages(body)
+    if not messages and not allow_empty_batch:
+        raise BadRequest("an empty JSON array appends nothing; send at least one message")
+    return messages
+
+
+def parse_expiry() -> tuple[int | None, datetime | None]:
+    ttl_header = request.headers.get("Stream-TTL")
+    expires_header = request.headers.get("Stream-Expires-At")
+    if ttl_header is not None and expires_header is not None:
+        raise BadRequest("send Stream-TTL or Stream-Expires-At, not both")
+    ttl = None
+    if ttl_header is not None:
+        if not _DECIMAL.fullmatch(ttl_header):
+            raise BadRequest(
+                f"Stream-TTL must be a whole number of seconds such as 3600, not {ttl_header!r}"
+            )
+        ttl = int(ttl_header)
+    expires_at = parse_time(expires_header) if expires_header is not None else None
+    return ttl, expires_at
+
+
+def parse_time(value: str) -> datetime:
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        raise BadRequest(
+            f"Stream-Expires-At must be an RFC 3339 time such as 2030-01-01T00:00:00Z, not {value!r}"
+        )
+    date, clock, fraction, zone = match.groups()
+    fraction = (fraction or "")[:7]  # datetime keeps microseconds: a dot and six digits
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    try:
+        return datetime.fromisoformat(f"{date}T{clock}{fraction}{zone}").astimezone(UTC)
+    except ValueError as error:
+        raise BadRequest(f"Stream-Expires-At {value!r} is not a valid time: {error}") from None
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_producer() -> ProducerClaim | None:
+    names = ("Producer-Id", "Producer-Epoch", "Producer-Seq")
+    values = [request.headers.get(name) for name in names]
+    if all(value is None for value in values):
+        return None
+    if any(value is None for value in values):
+        raise BadRequest("send Producer-Id, Producer-Epoch and Producer-Seq together, or none")
+    producer_id, epoch, seq = (value or "" for value in values)
+    if not producer_id:
+        raise BadRequest("Producer-Id must not be empty")
+    return ProducerClaim(producer_id, parse_counter("Producer-Epoch", epoch), parse_counter("Producer-Seq", seq))
+
+
+def parse_counter(name: str, value: str) -> int:
+    if not _DECIMAL.fullmatch(value) or int(value) > MAX_SAFE_INTEGER:
+        raise BadRequest(f"{name} must be an integer from 0 to {MAX_SAFE_INTEGER}, not {value!r}")
+    return int(value)
+
+
+def parse_fork() -> ForkRequest | None:
+    source = request.headers.get("Stream-Forked-From")
+    if source is None:
+        if "Stream-Fork-Offset" in request.headers or "Stream-Fork-Sub-Offset" in request.headers:
+            raise BadRequest("Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
+        return None
+    sub_offset = request.headers.get("Stream-Fork-Sub-Offset", "0")
+    if not _DECIMAL.fullmatch(sub_offset):
+        raise BadRequest(
+            f"Stream-Fork-Sub-Offset must be a non-negative integer, not {sub_offset!r}"
+        )
+    offset = request.headers.get("Stream-Fork-Offset")
+    if offset is not None and offset not in (offsets.START, offsets.NOW):
+        offsets.decode(offset)
+    return ForkRequest(source_path=source_path(source), offset=offset, sub_offset=int(sub_offset))
+
+
+def source_path(value: str) -> str:
+    """A fork source names a stream by its URL path; accept it with or without the mount point."""
+    path = value.split("?", 1)[0]
+    prefix = blueprint.url_prefix or ""
+    if path.startswith(prefix + "/"):
+        path = path[len(prefix) + 1 :]
+    return path.lstrip("/")

@@ -1,0 +1,48 @@
+"""Serving Runstream with gunicorn's threaded worker, from inside the ``runstream`` command.
+
+Live reads hold a thread for as long as the client listens (long-poll, SSE, and the websockets
+that come later), so the server is gunicorn's ``gthread`` worker with many threads. It runs a
+single worker process: the embedded store and the in-process hub belong to one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+
+class RunstreamServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.app_config = dict(config)
+        self.options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from . import create_app
+
+        return create_app(self.app_config)
+
+
+def serve(config: Mapping[str, Any], *, host: str, port: int, threads: int) -> None:
+    """Run the server in the foreground until it is interrupted."""
+    RunstreamServer(
+        config,
+        {
+            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": threads,
+            # The main thread heartbeats, so long-lived live reads do not trip this.
+            "timeout": 60,
+            "graceful_timeout": 3,
+            "keepalive": 5,
+            "loglevel": "warning",
+        },
+    ).run()

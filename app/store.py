@@ -1,0 +1,685 @@
+"""The store: the one place where streams are created, appended to, read, closed and deleted.
+
+Every change is one database transaction, so what a client was told succeeded is exactly what is
+stored: the idempotent-producer check, the inserted messages and the stream's counters commit
+together or not at all, and a retried append can never be stored twice. After a commit the store
+publishes the stream's path on the hub, which wakes readers waiting at the tail.
+
+Write transactions lock the stream's row (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the
+database-wide write lock, taken up front by ``BEGIN IMMEDIATE`` and queued in-process by a lock so
+that waiting writers hand over in order instead of sleeping in SQLite's busy handler). Holding the
+row lock serializes appends per stream, which is what gives each message its position and what
+the protocol asks of idempotent producers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import offsets
+from .content_types import is_json, same_content_type
+from .db import WRITE_OPTION, is_sqlite
+from .errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge
+from .hub import Hub
+from .models import Chunk, Producer, Stream
+
+streams = Stream.__table__
+chunks = Chunk.__table__
+producers = Producer.__table__
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a client may learn about a stream: its configuration and how far it has grown."""
+
+    id: int
+    path: str
+    content_type: str
+    next_position: int
+    total_bytes: int
+    closed: bool
+    ttl_seconds: int | None
+    expires_at: datetime | None
+    created_at: datetime
+
+    @property
+    def next_offset(self) -> str:
+        return offsets.encode(self.next_position)
+
+    @property
+    def is_json(self) -> bool:
+        return is_json(self.content_type)
+
+
+@dataclass(frozen=True)
+class ForkRequest:
+    source_path: str
+    offset: str | None = None
+    sub_offset: int = 0
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    content_type: str
+    messages: Sequence[bytes] = ()
+    ttl_seconds: int | None = None
+    expires_at: datetime | None = None
+    closed: bool = False
+    fork: ForkRequest | None = None
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    created: bool
+    stream: StreamInfo
+
+
+@dataclass(frozen=True)
+class ProducerClaim:
+    """The ``Producer-Id`` / ``Producer-Epoch`` / ``Producer-Seq`` of an idempotent append."""
+
+    producer_id: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    messages: Sequence[bytes]
+    content_type: str | None = None
+    producer: ProducerClaim | None = None
+    stream_seq: str | None = None
+    close: bool = False
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    stream: StreamInfo
+    # False when the request was recognised as a retry of one already stored.
+    stored: bool
+    # The producer's highest accepted sequence number in its epoch, for idempotent appends.
+    producer_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    stream: StreamInfo
+    messages: list[bytes] = field(default_factory=list)
+    next_position: int = 0
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.next_position >= self.stream.next_position
+
+    @property
+    def reached_end(self) -> bool:
+        """True when the reader has everything and no more will ever come."""
+        return self.stream.closed and self.up_to_date
+
+
+class Store:
+    def __init__(self, engine: Engine, hub: Hub, *, max_stream_bytes: int | None = None) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.max_stream_bytes = max_stream_bytes
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
+        )
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- create ------------------------------------------------------------------------------
+
+    def create(self, path: str, request: CreateRequest) -> CreateResult:
+        """Create the stream at ``path``, or confirm that the same stream already exists."""
+        try:
+            result = self._create(path, request)
+        except IntegrityError:
+            # Another writer created the path between our check and our insert (PostgreSQL,
+            # where the check does not lock a row that does not exist yet): compare with theirs.
+            result = self._create(path, request)
+        if result.created:
+            self.hub.publish(path)
+        return result
+
+    def _create(self, path: str, request: CreateRequest) -> CreateResult:
+        now = utcnow()
+        with self._writing() as conn:
+            existing = self._row(conn, path, lock=True)
+            if existing is not None:
+                if existing.deleted:
+                    raise Conflict(
+                        f"stream {path!r} was deleted and is kept only for its forks; "
+                        "its path cannot be used again"
+                    )
+                if not _is_expired(existing, now):
+                    self._check_same_config(conn, existing, request)
+                    return CreateResult(created=False, stream=_info(existing))
+                self._retire(conn, existing)
+
+            values: dict[str, Any] = {
+                "path": path,
+                "content_type": request.content_type,
+                "created_at": now,
+                "touched_at": now,
+                "ttl_seconds": request.ttl_seconds,
+                "expires_at": request.expires_at,
+                "closed": request.closed,
+            }
+            own_messages = list(request.messages)
+            if request.fork is not None:
+                fork_values, inherited_tail = self._fork_values(conn, request)
+                values.update(fork_values)
+                own_messages = inherited_tail + own_messages
+            start = values.get("fork_position", 0)
+            values["next_position"] = start + len(own_messages)
+            values["total_bytes"] = values.pop("inherited_bytes", 0) + sum(
+                len(message) for message in own_messages
+            )
+            self._check_size(values["total_bytes"])
+            stream_id = conn.execute(insert(streams).values(values)).inserted_primary_key[0]
+            self._insert_messages(conn, stream_id, start, own_messages, now)
+            row = self._row_by_id(conn, stream_id)
+        return CreateResult(created=True, stream=_info(row))
+
+    def _check_same_config(self, conn: Connection, row: Row[Any], request: CreateRequest) -> None:
+        differences = []
+        if request.content_type and not same_content_type(row.content_type, request.content_type):
+            differences.append(f"content type is {row.content_type!r}")
+        if row.ttl_seconds != request.ttl_seconds:
+            differences.append(f"Stream-TTL is {row.ttl_seconds}")
+        if row.expires_at != request.expires_at:
+            shown = row.expires_at.isoformat() if row.expires_at else None
+            differences.append(f"Stream-Expires-At is {shown}")
+        if row.closed != request.closed:
+            differences.append("it is closed" if row.closed else "it is open")
+        fork = request.fork
+        source_path = self._path_of(conn, row.fork_source_id) if row.fork_source_id else None
+        if (fork.source_path if fork else None) != source_path:
+            differences.append(f"it is forked from {source_path!r}" if source_path else "it is not a fork")
+        elif fork is not None and (
+            (fork.offset is not None and fork.offset != row.fork_offset)
+            or fork.sub_offset != row.fork_sub_offset
+        ):
+            differences.append(f"it was forked at offset {row.fork_offset}")
+        if differences:
+            raise Conflict(
+                f"stream {row.path!r} already exists with a different configuration: "
+                + "; ".join(differences)
+            )
+
+    def _fork_values(
+        self, conn: Connection, request: CreateRequest
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Where a fork branches from its source, and the partial message it copies, if any."""
+        fork = request.fork
+        assert fork is not None
+        source = self._row(conn, fork.source_path, lock=True)
+        if source is None or _is_expired(source, utcnow()):
+            raise NotFound(f"fork source stream {fork.source_path!r} does not exist")
+        if source.deleted:
+            raise Conflict(f"fork source stream {fork.source_path!r} has been deleted")
+        if request.content_type and not same_content_type(
+            source.content_type, request.content_type
+        ):
+            raise Conflict(
+                f"a fork must have its source's content type {source.content_type!r}, "
+                f"not {request.content_type!r}"
+            )
+        if fork.offset is None or fork.offset == offsets.NOW:
+            position = source.next_position
+        elif fork.offset == offsets.START:
+            position = 0
+        else:
+            position = offsets.decode(fork.offset)
+        if position > source.next_position:
+            raise BadRequest(
+                f"Stream-Fork-Offset {fork.offset} is past the source stream's tail "
+                f"{offsets.encode(source.next_position)}"
+            )
+        values: dict[str, Any] = {
+            "content_type": request.content_type or source.content_type,
+            "fork_source_id": source.id,
+            "fork_offset": offsets.encode(position),
+            "fork_sub_offset": fork.sub_offset,
+        }
+        if request.ttl_seconds is None and request.expires_at is None:
+            values["ttl_seconds"] = source.ttl_seconds
+            values["expires_at"] = source.expires_at
+
+        copied: list[bytes] = []
+        if fork.sub_offset:
+            segment = self._message_at(conn, source, position)
+            if is_json(source.content_type):
+                if position + fork.sub_offset > source.next_position:
+                    raise BadRequest(
+                        f"Stream-Fork-Sub-Offset {fork.sub_offset} is past the source's tail"
+                    )
+                position += fork.sub_offset
+            else:
+                if segment is None or fork.sub_offset > len(segment):
+                    raise BadRequest(
+                        f"Stream-Fork-Sub-Offset {fork.sub_offset} is past the end of the "
+                        "message at Stream-Fork-Offset"
+                    )
+                copied = [segment[: fork.sub_offset]]
+        values["fork_position"] = position
+        values["inherited_bytes"] = self._bytes_before(conn, source, position)
+        return values, copied
+
+    # -- append ------------------------------------------------------------------------------
+
+    def append(self, path: str, request: AppendRequest) -> AppendResult:
+        """Append messages (and/or close the stream), exactly once per producer request."""
+        result = self._append(path, request)
+        if result.stored:
+            self.hub.publish(path)
+        return result
+
+    def _append(self, path: str, request: AppendRequest) -> AppendResult:
+        """Validate and store one append, in the order the protocol gives its errors.
+
+        A producer's retry is recognised first, so that it succeeds even after the stream was
+        closed or its Stream-Seq was passed; then a closed stream refuses, then a content type
+        that does not match, then a Stream-Seq that does not increase.
+        """
+        now = utcnow()
+        claim = request.producer
+        with self._writing() as conn:
+            row = self._live_row(conn, path, now, lock=True)
+            if row.ttl_seconds is not None:
+                # Every write request is activity, even one that turns out to change nothing.
+                conn.execute(update(streams).where(streams.c.id == row.id).values(touched_at=now))
+
+            state = None
+            if claim is not None:
+                state = conn.execute(
+                    select(producers.c.epoch, producers.c.last_seq).where(
+                        producers.c.stream_id == row.id,
+                        producers.c.producer_id == claim.producer_id,
+                    )
+                ).first()
+                duplicate_of = _check_producer(claim, state)
+                if duplicate_of is not None:
+                    return AppendResult(_info(row), stored=False, producer_seq=duplicate_of)
+
+            if row.closed:
+                if request.close and not request.messages and claim is None:
+                    return AppendResult(_info(row), stored=False)
+                raise Conflict(
+                    f"stream {path!r} is closed; it accepts no more appends",
+                    headers=_closed_headers(row),
+                )
+
+            if request.messages and request.content_type is not None and not same_content_type(
+                row.content_type, request.content_type
+            ):
+                raise Conflict(
+                    f"Content-Type {request.content_type!r} does not match the stream's "
+                    f"content type {row.content_type!r}"
+                )
+
+            if (
+                request.stream_seq is not None
+                and row.last_stream_seq is not None
+                and request.stream_seq <= row.last_stream_seq
+            ):
+                raise Conflict(
+                    f"Stream-Seq {request.stream_seq!r} is not greater than the last "
+                    f"accepted Stream-Seq {row.last_stream_seq!r}"
+                )
+
+            added_bytes = sum(len(message) for message in request.messages)
+            self._check_size(row.total_bytes + added_bytes)
+            self._insert_messages(conn, row.id, row.next_position, request.messages, now)
+            changes: dict[str, Any] = {
+                "next_position": row.next_position + len(request.messages),
+                "total_bytes": row.total_bytes + added_bytes,
+                "touched_at": now,
+            }
+            if request.stream_seq is not None:
+                changes["last_stream_seq"] = request.stream_seq
+            if request.close:
+                changes["closed"] = True
+            conn.execute(update(streams).where(streams.c.id == row.id).values(changes))
+            if claim is not None:
+                self._save_producer(conn, row.id, claim, is_new=state is None)
+            stored = {**row._mapping, **changes}
+        return AppendResult(
+            _info_from_mapping(stored),
+            stored=True,
+            producer_seq=claim.seq if claim is not None else None,
+        )
+
+    def _save_producer(
+        self, conn: Connection, stream_id: int, claim: ProducerClaim, *, is_new: bool
+    ) -> None:
+        if is_new:
+            conn.execute(
+                insert(producers).values(
+                    stream_id=stream_id,
+                    producer_id=claim.producer_id,
+                    epoch=claim.epoch,
+                    last_seq=claim.seq,
+                )
+            )
+        else:
+            conn.execute(
+                update(producers)
+                .where(
+                    producers.c.stream_id == stream_id,
+                    producers.c.producer_id == claim.producer_id,
+                )
+                .values(epoch=claim.epoch, last_seq=claim.seq)
+            )
+
+    # -- read --------------------------------------------------------------------------------
+
+    def head(self, path: str) -> StreamInfo:
+        with self._reading() as conn:
+            return _info(self._live_row(conn, path, utcnow()))
+
+    def read(self, path: str, position: int | None, *, max_bytes: int) -> ReadResult:
+        """Messages from ``position`` (None: the tail) up to about ``max_bytes``.
+
+        At least one message is returned when one exists, however large.
+        """
+        now = utcnow()
+        with self._reading() as conn:
+            row = self._live_row(conn, path, now)
+            info = _info(row)
+            if position is None:
+                position = row.next_position
+            if position > row.next_position:
+                raise BadRequest(
+                    f"offset {offsets.encode(position)} is past the stream's tail {info.next_offset}"
+                )
+            messages: list[bytes] = []
+            if position < row.next_position:
+                messages = self._read_messages(conn, row, position, max_bytes)
+        if row.ttl_seconds is not None:
+            self._touch(row.id, now)
+        return ReadResult(stream=info, messages=messages, next_position=position + len(messages))
+
+    def _read_messages(
+        self, conn: Connection, row: Row[Any], position: int, max_bytes: int
+    ) -> list[bytes]:
+        messages: list[bytes] = []
+        size = 0
+        for stream_id, low, high in self._segments(conn, row):
+            if high is not None and high <= position:
+                continue
+            query = (
+                select(chunks.c.data)
+                .where(chunks.c.stream_id == stream_id, chunks.c.position >= max(position, low))
+                .order_by(chunks.c.position)
+            )
+            if high is not None:
+                query = query.where(chunks.c.position < high)
+            result = conn.execution_options(yield_per=64).execute(query)
+            for (data,) in result:
+                if messages and size + len(data) > max_bytes:
+                    result.close()
+                    return messages
+                messages.append(bytes(data))
+                size += len(data)
+        return messages
+
+    def _segments(self, conn: Connection, row: Row[Any]) -> list[tuple[int, int, int | None]]:
+        """The (stream id, first position, end position) ranges a stream's messages live in.
+
+        A stream that is no fork keeps all its messages itself. A fork reads the positions below
+        its fork position from its source, which may itself be a fork.
+        """
+        segments: list[tuple[int, int, int | None]] = []
+        upper: int | None = None
+        node: Row[Any] | None = row
+        while node is not None:
+            low = node.fork_position if node.fork_source_id is not None else 0
+            if upper is None or low < upper:
+                segments.append((node.id, low, upper))
+            upper = low if upper is None else min(upper, low)
+            node = (
+                self._row_by_id(conn, node.fork_source_id)
+                if node.fork_source_id is not None and upper > 0
+                else None
+            )
+        segments.reverse()
+        return segments
+
+    def _message_at(self, conn: Connection, row: Row[Any], position: int) -> bytes | None:
+        for stream_id, low, high in self._segments(conn, row):
+            if low <= position and (high is None or position < high):
+                data = conn.execute(
+                    select(chunks.c.data).where(
+                        chunks.c.stream_id == stream_id, chunks.c.position == position
+                    )
+                ).scalar()
+                return bytes(data) if data is not None else None
+        return None
+
+    def _bytes_before(self, conn: Connection, row: Row[Any], position: int) -> int:
+        if position >= row.next_position:
+            return int(row.total_bytes)
+        total = 0
+        for stream_id, low, high in self._segments(conn, row):
+            end = position if high is None else min(high, position)
+            if end <= low:
+                continue
+            total += conn.execute(
+                select(func.coalesce(func.sum(func.length(chunks.c.data)), 0)).where(
+                    chunks.c.stream_id == stream_id,
+                    chunks.c.position >= low,
+                    chunks.c.position < end,
+                )
+            ).scalar_one()
+        return total
+
+    def _touch(self, stream_id: int, now: datetime) -> None:
+        """Restart a stream's sliding TTL window: reads count as activity."""
+        with self._writing() as conn:
+            conn.execute(update(streams).where(streams.c.id == stream_id).values(touched_at=now))
+
+    # -- delete and expiry -------------------------------------------------------------------
+
+    def delete(self, path: str) -> None:
+        """Delete a stream; one that forks still read from is soft-deleted instead."""
+        with self._writing() as conn:
+            row = self._live_row(conn, path, utcnow(), lock=True)
+            if self._has_forks(conn, row.id):
+                conn.execute(update(streams).where(streams.c.id == row.id).values(deleted=True))
+            else:
+                self._remove(conn, row)
+        self.hub.publish(path)
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Remove every expired stream (keeping the data forks still read); return how many."""
+        now = now or utcnow()
+        with self._reading() as conn:
+            candidates = conn.execute(
+                select(streams.c.id).where(
+                    streams.c.path.is_not(None),
+                    (streams.c.ttl_seconds.is_not(None)) | (streams.c.expires_at.is_not(None)),
+                )
+            ).scalars().all()
+        purged = []
+        for stream_id in candidates:
+            with self._writing() as conn:
+                row = self._row_by_id(conn, stream_id)
+                if row is not None and row.path is not None and _is_expired(row, now):
+                    self._retire(conn, row)
+                    purged.append(row.path)
+        for path in purged:
+            self.hub.publish(path)
+        return len(purged)
+
+    def _retire(self, conn: Connection, row: Row[Any]) -> None:
+        """Free an expired stream's path; keep its data only while forks read from it."""
+        if self._has_forks(conn, row.id):
+            conn.execute(
+                update(streams).where(streams.c.id == row.id).values(path=None, deleted=True)
+            )
+        else:
+            self._remove(conn, row)
+
+    def _remove(self, conn: Connection, row: Row[Any]) -> None:
+        """Delete a stream's rows, then every source up the fork chain that only it kept alive."""
+        node: Row[Any] | None = row
+        while node is not None:
+            conn.execute(delete(chunks).where(chunks.c.stream_id == node.id))
+            conn.execute(delete(producers).where(producers.c.stream_id == node.id))
+            conn.execute(delete(streams).where(streams.c.id == node.id))
+            source_id = node.fork_source_id
+            node = None
+            if source_id is not None:
+                source = self._row_by_id(conn, source_id)
+                if source is not None and source.deleted and not self._has_forks(conn, source_id):
+                    node = source
+
+    def _has_forks(self, conn: Connection, stream_id: int) -> bool:
+        return (
+            conn.execute(
+                select(streams.c.id).where(streams.c.fork_source_id == stream_id).limit(1)
+            ).first()
+            is not None
+        )
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def _row(self, conn: Connection, path: str, *, lock: bool = False) -> Row[Any] | None:
+        query = select(streams).where(streams.c.path == path)
+        if lock:
+            query = query.with_for_update()
+        return conn.execute(query).first()
+
+    def _row_by_id(self, conn: Connection, stream_id: int) -> Row[Any]:
+        return conn.execute(select(streams).where(streams.c.id == stream_id)).one()
+
+    def _path_of(self, conn: Connection, stream_id: int) -> str | None:
+        return conn.execute(select(streams.c.path).where(streams.c.id == stream_id)).scalar()
+
+    def _live_row(
+        self, conn: Connection, path: str, now: datetime, *, lock: bool = False
+    ) -> Row[Any]:
+        """The stream at ``path`` for a client operation: 404 if absent or expired, 410 if deleted."""
+        row = self._row(conn, path, lock=lock)
+        if row is None or _is_expired(row, now):
+            raise NotFound(f"stream {path!r} does not exist")
+        if row.deleted:
+            raise Gone(f"stream {path!r} has been deleted")
+        return row
+
+    def _insert_messages(
+        self,
+        conn: Connection,
+        stream_id: int,
+        start: int,
+        messages: Sequence[bytes],
+        now: datetime,
+    ) -> None:
+        if messages:
+            conn.execute(
+                insert(chunks),
+                [
+                    {"stream_id": stream_id, "position": start + index, "data": data, "created_at": now}
+                    for index, data in enumerate(messages)
+                ],
+            )
+
+    def _check_size(self, total_bytes: int) -> None:
+        if self.max_stream_bytes is not None and total_bytes > self.max_stream_bytes:
+            raise PayloadTooLarge(
+                f"the stream would hold {total_bytes} bytes, more than its limit of "
+                f"{self.max_stream_bytes} bytes"
+            )
+
+
+def _check_producer(claim: ProducerClaim, state: Row[Any] | None) -> int | None:
+    """Validate a producer's epoch and sequence number against its stored state.
+
+    Returns the producer's last accepted seq when the request is a retry of one already stored,
+    None when it is the next request to store, and raises otherwise.
+    """
+    if state is not None and claim.epoch < state.epoch:
+        raise Forbidden(
+            f"producer {claim.producer_id!r} is fenced: epoch {claim.epoch} is older than "
+            f"the current epoch {state.epoch}",
+            headers={"Producer-Epoch": str(state.epoch)},
+        )
+    if state is None or claim.epoch > state.epoch:
+        if claim.seq == 0:
+            return None
+        if state is None:
+            raise Conflict(
+                f"producer {claim.producer_id!r} is new here: its first Producer-Seq must be 0, "
+                f"not {claim.seq}",
+                headers={"Producer-Expected-Seq": "0", "Producer-Received-Seq": str(claim.seq)},
+            )
+        raise BadRequest(
+            f"a new epoch ({claim.epoch}) must start at Producer-Seq 0, not {claim.seq}"
+        )
+    if claim.seq <= state.last_seq:
+        return int(state.last_seq)
+    if claim.seq > state.last_seq + 1:
+        raise Conflict(
+            f"Producer-Seq {claim.seq} skips ahead: the next expected is {state.last_seq + 1}",
+            headers={
+                "Producer-Expected-Seq": str(state.last_seq + 1),
+                "Producer-Received-Seq": str(claim.seq),
+            },
+        )
+    return None
+
+
+def _is_expired(row: Row[Any], now: datetime) -> bool:
+    if row.expires_at is not None and row.expires_at <= now:
+        return True
+    return row.ttl_seconds is not None and row.touched_at + timedelta(
+        seconds=row.ttl_seconds
+    ) <= now
+
+
+def _info(row: Row[Any]) -> StreamInfo:
+    return _info_from_mapping(row._mapping)
+
+
+def _info_from_mapping(values: Any) -> StreamInfo:
+    return StreamInfo(
+        id=values["id"],
+        path=values["path"],
+        content_type=values["content_type"],
+        next_position=values["next_position"],
+        total_bytes=values["total_bytes"],
+        closed=values["closed"],
+        ttl_seconds=values["ttl_seconds"],
+        expires_at=values["expires_at"],
+        created_at=values["created_at"],
+    )
+
+
+def _closed_headers(row: Row[Any]) -> dict[str, str]:
+    return {"Stream-Closed": "true", "Stream-Next-Offset": offsets.encode(row.next_position)}
