@@ -49,7 +49,8 @@ class Settings:
         synchronous = str(config["SQLITE_SYNCHRONOUS"]).upper()
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(
-                f"RUNSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
+                "RUNSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA, "
+                f"not {synchronous!r}"
             )
         return cls(
             database_url=database_url,

@@ -27,7 +27,7 @@ class Hub(ABC):
 
     @abstractmethod
     def publish(self, topic: str) -> None:
-        """Tell every subscriber of ``topic``, in every process that shares this hub, that it changed."""
+        """Tell every subscriber of ``topic``, in every process sharing this hub, it changed."""
 
     def deliver(self, topic: str) -> None:
         """Wake this process's listeners of ``topic``."""
@@ -56,8 +56,8 @@ class Hub(ABC):
         with self._lock:
             return sum(len(listeners) for listeners in self._listeners.values())
 
-    def close(self) -> None:
-        """Release what the hub holds (connections, threads); the in-process hub holds nothing."""
+    def close(self) -> None:  # noqa: B027 - most hubs hold nothing to release
+        """Release what the hub holds (connections, threads)."""
 
 
 class InProcessHub(Hub):

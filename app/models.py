@@ -7,10 +7,18 @@ are the single definition of the schema, which Alembic migrations are checked ag
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Dialect, ForeignKey, Integer, LargeBinary
-from sqlalchemy import String
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -32,14 +40,14 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("Runstream stores aware datetimes only")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
 
 
 class Stream(Base):
@@ -52,7 +60,7 @@ class Stream(Base):
 
     __tablename__ = "streams"
     # Never reuse the id of a deleted stream: ids appear in ETags.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy's own attribute
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # NULL once the stream is retired: expired or deleted while forks still read its data.

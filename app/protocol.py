@@ -29,9 +29,7 @@ blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
 # Producer-Epoch and Producer-Seq must fit a JavaScript number exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-_RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
-)
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 EXPOSED_HEADERS = ", ".join(
     [
         "Stream-Next-Offset",
@@ -164,7 +162,9 @@ def append(store: Store, path: str) -> Response:
     if body and not content_type:
         raise BadRequest("Content-Type is required when appending data")
     claim = parse_producer()
-    messages = parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
+    messages = (
+        parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
+    )
     result = store.append(
         path,
         AppendRequest(
@@ -213,7 +213,9 @@ def read(store: Store, path: str) -> Response:
         return sse(store, path, position)
 
     if live == "long-poll":
-        result = long_poll(store, path, position, settings.long_poll_timeout, settings.max_read_bytes)
+        result = long_poll(
+            store, path, position, settings.long_poll_timeout, settings.max_read_bytes
+        )
     else:
         result = store.read(path, position, max_bytes=settings.max_read_bytes)
     info = result.stream
@@ -332,7 +334,9 @@ def data_event(payload: bytes, encode_base64: bool) -> str:
     else:
         text = payload.decode("utf-8", "replace")
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    fields = "".join(f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n" for line in lines)
+    fields = "".join(
+        f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n" for line in lines
+    )
     return "event: data\n" + fields + "\n"
 
 
@@ -393,7 +397,8 @@ def parse_time(value: str) -> datetime:
     match = _RFC3339.fullmatch(value.strip())
     if match is None:
         raise BadRequest(
-            f"Stream-Expires-At must be an RFC 3339 time such as 2030-01-01T00:00:00Z, not {value!r}"
+            "Stream-Expires-At must be an RFC 3339 time such as 2030-01-01T00:00:00Z, "
+            f"not {value!r}"
         )
     date, clock, fraction, zone = match.groups()
     fraction = (fraction or "")[:7]  # datetime keeps microseconds: a dot and six digits
@@ -418,7 +423,9 @@ def parse_producer() -> ProducerClaim | None:
     producer_id, epoch, seq = (value or "" for value in values)
     if not producer_id:
         raise BadRequest("Producer-Id must not be empty")
-    return ProducerClaim(producer_id, parse_counter("Producer-Epoch", epoch), parse_counter("Producer-Seq", seq))
+    return ProducerClaim(
+        producer_id, parse_counter("Producer-Epoch", epoch), parse_counter("Producer-Seq", seq)
+    )
 
 
 def parse_counter(name: str, value: str) -> int:
@@ -431,7 +438,9 @@ def parse_fork() -> ForkRequest | None:
     source = request.headers.get("Stream-Forked-From")
     if source is None:
         if "Stream-Fork-Offset" in request.headers or "Stream-Fork-Sub-Offset" in request.headers:
-            raise BadRequest("Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
+            raise BadRequest(
+                "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From"
+            )
         return None
     sub_offset = request.headers.get("Stream-Fork-Sub-Offset", "0")
     if not _DECIMAL.fullmatch(sub_offset):

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import offsets
@@ -31,9 +31,9 @@ from .errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooL
 from .hub import Hub
 from .models import Chunk, Producer, Stream
 
-streams = Stream.__table__
-chunks = Chunk.__table__
-producers = Producer.__table__
+streams = cast(Table, Stream.__table__)
+chunks = cast(Table, Chunk.__table__)
+producers = cast(Table, Producer.__table__)
 
 
 def utcnow() -> datetime:
@@ -61,6 +61,53 @@ class StreamInfo:
     @property
     def is_json(self) -> bool:
         return is_json(self.content_type)
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """A row of the streams table, as the store works with it inside a transaction."""
+
+    id: int
+    path: str | None
+    content_type: str
+    created_at: datetime
+    touched_at: datetime
+    ttl_seconds: int | None
+    expires_at: datetime | None
+    next_position: int
+    total_bytes: int
+    closed: bool
+    last_stream_seq: str | None
+    deleted: bool
+    fork_source_id: int | None
+    fork_position: int
+    fork_offset: str | None
+    fork_sub_offset: int
+
+    @classmethod
+    def columns(cls) -> list[Any]:
+        return [streams.c[field.name] for field in fields(cls)]
+
+    def is_expired(self, now: datetime) -> bool:
+        if self.expires_at is not None and self.expires_at <= now:
+            return True
+        return (
+            self.ttl_seconds is not None
+            and self.touched_at + timedelta(seconds=self.ttl_seconds) <= now
+        )
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            id=self.id,
+            path=self.path or "",
+            content_type=self.content_type,
+            next_position=self.next_position,
+            total_bytes=self.total_bytes,
+            closed=self.closed,
+            ttl_seconds=self.ttl_seconds,
+            expires_at=self.expires_at,
+            created_at=self.created_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +140,14 @@ class ProducerClaim:
     producer_id: str
     epoch: int
     seq: int
+
+
+@dataclass(frozen=True)
+class ProducerState:
+    """What the store remembers of a producer on a stream: its epoch and last accepted seq."""
+
+    epoch: int
+    last_seq: int
 
 
 @dataclass(frozen=True)
@@ -176,9 +231,9 @@ class Store:
                         f"stream {path!r} was deleted and is kept only for its forks; "
                         "its path cannot be used again"
                     )
-                if not _is_expired(existing, now):
+                if not existing.is_expired(now):
                     self._check_same_config(conn, existing, request)
-                    return CreateResult(created=False, stream=_info(existing))
+                    return CreateResult(created=False, stream=existing.info())
                 self._retire(conn, existing)
 
             values: dict[str, Any] = {
@@ -201,12 +256,14 @@ class Store:
                 len(message) for message in own_messages
             )
             self._check_size(values["total_bytes"])
-            stream_id = conn.execute(insert(streams).values(values)).inserted_primary_key[0]
+            stream_id = conn.execute(
+                insert(streams).values(values).returning(streams.c.id)
+            ).scalar_one()
             self._insert_messages(conn, stream_id, start, own_messages, now)
             row = self._row_by_id(conn, stream_id)
-        return CreateResult(created=True, stream=_info(row))
+        return CreateResult(created=True, stream=row.info())
 
-    def _check_same_config(self, conn: Connection, row: Row[Any], request: CreateRequest) -> None:
+    def _check_same_config(self, conn: Connection, row: StreamRow, request: CreateRequest) -> None:
         differences = []
         if request.content_type and not same_content_type(row.content_type, request.content_type):
             differences.append(f"content type is {row.content_type!r}")
@@ -220,7 +277,9 @@ class Store:
         fork = request.fork
         source_path = self._path_of(conn, row.fork_source_id) if row.fork_source_id else None
         if (fork.source_path if fork else None) != source_path:
-            differences.append(f"it is forked from {source_path!r}" if source_path else "it is not a fork")
+            differences.append(
+                f"it is forked from {source_path!r}" if source_path else "it is not a fork"
+            )
         elif fork is not None and (
             (fork.offset is not None and fork.offset != row.fork_offset)
             or fork.sub_offset != row.fork_sub_offset
@@ -239,7 +298,7 @@ class Store:
         fork = request.fork
         assert fork is not None
         source = self._row(conn, fork.source_path, lock=True)
-        if source is None or _is_expired(source, utcnow()):
+        if source is None or source.is_expired(utcnow()):
             raise NotFound(f"fork source stream {fork.source_path!r} does not exist")
         if source.deleted:
             raise Conflict(f"fork source stream {fork.source_path!r} has been deleted")
@@ -317,26 +376,29 @@ class Store:
 
             state = None
             if claim is not None:
-                state = conn.execute(
+                found = conn.execute(
                     select(producers.c.epoch, producers.c.last_seq).where(
                         producers.c.stream_id == row.id,
                         producers.c.producer_id == claim.producer_id,
                     )
                 ).first()
+                state = ProducerState(*found) if found is not None else None
                 duplicate_of = _check_producer(claim, state)
                 if duplicate_of is not None:
-                    return AppendResult(_info(row), stored=False, producer_seq=duplicate_of)
+                    return AppendResult(row.info(), stored=False, producer_seq=duplicate_of)
 
             if row.closed:
                 if request.close and not request.messages and claim is None:
-                    return AppendResult(_info(row), stored=False)
+                    return AppendResult(row.info(), stored=False)
                 raise Conflict(
                     f"stream {path!r} is closed; it accepts no more appends",
                     headers=_closed_headers(row),
                 )
 
-            if request.messages and request.content_type is not None and not same_content_type(
-                row.content_type, request.content_type
+            if (
+                request.messages
+                and request.content_type is not None
+                and not same_content_type(row.content_type, request.content_type)
             ):
                 raise Conflict(
                     f"Content-Type {request.content_type!r} does not match the stream's "
@@ -368,9 +430,9 @@ class Store:
             conn.execute(update(streams).where(streams.c.id == row.id).values(changes))
             if claim is not None:
                 self._save_producer(conn, row.id, claim, is_new=state is None)
-            stored = {**row._mapping, **changes}
+            stored = replace(row, **changes)
         return AppendResult(
-            _info_from_mapping(stored),
+            stored.info(),
             stored=True,
             producer_seq=claim.seq if claim is not None else None,
         )
@@ -401,7 +463,7 @@ class Store:
 
     def head(self, path: str) -> StreamInfo:
         with self._reading() as conn:
-            return _info(self._live_row(conn, path, utcnow()))
+            return self._live_row(conn, path, utcnow()).info()
 
     def read(self, path: str, position: int | None, *, max_bytes: int) -> ReadResult:
         """Messages from ``position`` (None: the tail) up to about ``max_bytes``.
@@ -411,12 +473,13 @@ class Store:
         now = utcnow()
         with self._reading() as conn:
             row = self._live_row(conn, path, now)
-            info = _info(row)
+            info = row.info()
             if position is None:
                 position = row.next_position
             if position > row.next_position:
                 raise BadRequest(
-                    f"offset {offsets.encode(position)} is past the stream's tail {info.next_offset}"
+                    f"offset {offsets.encode(position)} is past the stream's tail "
+                    f"{info.next_offset}"
                 )
             messages: list[bytes] = []
             if position < row.next_position:
@@ -426,7 +489,7 @@ class Store:
         return ReadResult(stream=info, messages=messages, next_position=position + len(messages))
 
     def _read_messages(
-        self, conn: Connection, row: Row[Any], position: int, max_bytes: int
+        self, conn: Connection, row: StreamRow, position: int, max_bytes: int
     ) -> list[bytes]:
         messages: list[bytes] = []
         size = 0
@@ -449,7 +512,7 @@ class Store:
                 size += len(data)
         return messages
 
-    def _segments(self, conn: Connection, row: Row[Any]) -> list[tuple[int, int, int | None]]:
+    def _segments(self, conn: Connection, row: StreamRow) -> list[tuple[int, int, int | None]]:
         """The (stream id, first position, end position) ranges a stream's messages live in.
 
         A stream that is no fork keeps all its messages itself. A fork reads the positions below
@@ -457,7 +520,7 @@ class Store:
         """
         segments: list[tuple[int, int, int | None]] = []
         upper: int | None = None
-        node: Row[Any] | None = row
+        node: StreamRow | None = row
         while node is not None:
             low = node.fork_position if node.fork_source_id is not None else 0
             if upper is None or low < upper:
@@ -471,7 +534,7 @@ class Store:
         segments.reverse()
         return segments
 
-    def _message_at(self, conn: Connection, row: Row[Any], position: int) -> bytes | None:
+    def _message_at(self, conn: Connection, row: StreamRow, position: int) -> bytes | None:
         for stream_id, low, high in self._segments(conn, row):
             if low <= position and (high is None or position < high):
                 data = conn.execute(
@@ -482,7 +545,7 @@ class Store:
                 return bytes(data) if data is not None else None
         return None
 
-    def _bytes_before(self, conn: Connection, row: Row[Any], position: int) -> int:
+    def _bytes_before(self, conn: Connection, row: StreamRow, position: int) -> int:
         if position >= row.next_position:
             return int(row.total_bytes)
         total = 0
@@ -520,24 +583,28 @@ class Store:
         """Remove every expired stream (keeping the data forks still read); return how many."""
         now = now or utcnow()
         with self._reading() as conn:
-            candidates = conn.execute(
-                select(streams.c.id).where(
-                    streams.c.path.is_not(None),
-                    (streams.c.ttl_seconds.is_not(None)) | (streams.c.expires_at.is_not(None)),
+            candidates = (
+                conn.execute(
+                    select(streams.c.id).where(
+                        streams.c.path.is_not(None),
+                        (streams.c.ttl_seconds.is_not(None)) | (streams.c.expires_at.is_not(None)),
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
         purged = []
         for stream_id in candidates:
             with self._writing() as conn:
                 row = self._row_by_id(conn, stream_id)
-                if row is not None and row.path is not None and _is_expired(row, now):
+                if row is not None and row.path is not None and row.is_expired(now):
                     self._retire(conn, row)
                     purged.append(row.path)
         for path in purged:
             self.hub.publish(path)
         return len(purged)
 
-    def _retire(self, conn: Connection, row: Row[Any]) -> None:
+    def _retire(self, conn: Connection, row: StreamRow) -> None:
         """Free an expired stream's path; keep its data only while forks read from it."""
         if self._has_forks(conn, row.id):
             conn.execute(
@@ -546,9 +613,9 @@ class Store:
         else:
             self._remove(conn, row)
 
-    def _remove(self, conn: Connection, row: Row[Any]) -> None:
+    def _remove(self, conn: Connection, row: StreamRow) -> None:
         """Delete a stream's rows, then every source up the fork chain that only it kept alive."""
-        node: Row[Any] | None = row
+        node: StreamRow | None = row
         while node is not None:
             conn.execute(delete(chunks).where(chunks.c.stream_id == node.id))
             conn.execute(delete(producers).where(producers.c.stream_id == node.id))
@@ -570,24 +637,27 @@ class Store:
 
     # -- rows --------------------------------------------------------------------------------
 
-    def _row(self, conn: Connection, path: str, *, lock: bool = False) -> Row[Any] | None:
-        query = select(streams).where(streams.c.path == path)
+    def _row(self, conn: Connection, path: str, *, lock: bool = False) -> StreamRow | None:
+        query = select(*StreamRow.columns()).where(streams.c.path == path)
         if lock:
             query = query.with_for_update()
-        return conn.execute(query).first()
+        found = conn.execute(query).first()
+        return StreamRow(*found) if found is not None else None
 
-    def _row_by_id(self, conn: Connection, stream_id: int) -> Row[Any]:
-        return conn.execute(select(streams).where(streams.c.id == stream_id)).one()
+    def _row_by_id(self, conn: Connection, stream_id: int) -> StreamRow:
+        return StreamRow(
+            *conn.execute(select(*StreamRow.columns()).where(streams.c.id == stream_id)).one()
+        )
 
     def _path_of(self, conn: Connection, stream_id: int) -> str | None:
         return conn.execute(select(streams.c.path).where(streams.c.id == stream_id)).scalar()
 
     def _live_row(
         self, conn: Connection, path: str, now: datetime, *, lock: bool = False
-    ) -> Row[Any]:
-        """The stream at ``path`` for a client operation: 404 if absent or expired, 410 if deleted."""
+    ) -> StreamRow:
+        """The stream at ``path`` for a request: 404 if absent or expired, 410 if deleted."""
         row = self._row(conn, path, lock=lock)
-        if row is None or _is_expired(row, now):
+        if row is None or row.is_expired(now):
             raise NotFound(f"stream {path!r} does not exist")
         if row.deleted:
             raise Gone(f"stream {path!r} has been deleted")
@@ -605,7 +675,12 @@ class Store:
             conn.execute(
                 insert(chunks),
                 [
-                    {"stream_id": stream_id, "position": start + index, "data": data, "created_at": now}
+                    {
+                        "stream_id": stream_id,
+                        "position": start + index,
+                        "data": data,
+                        "created_at": now,
+                    }
                     for index, data in enumerate(messages)
                 ],
             )
@@ -618,7 +693,7 @@ class Store:
             )
 
 
-def _check_producer(claim: ProducerClaim, state: Row[Any] | None) -> int | None:
+def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | None:
     """Validate a producer's epoch and sequence number against its stored state.
 
     Returns the producer's last accepted seq when the request is a retry of one already stored,
@@ -643,7 +718,7 @@ def _check_producer(claim: ProducerClaim, state: Row[Any] | None) -> int | None:
             f"a new epoch ({claim.epoch}) must start at Producer-Seq 0, not {claim.seq}"
         )
     if claim.seq <= state.last_seq:
-        return int(state.last_seq)
+        return state.last_seq
     if claim.seq > state.last_seq + 1:
         raise Conflict(
             f"Producer-Seq {claim.seq} skips ahead: the next expected is {state.last_seq + 1}",
@@ -655,31 +730,5 @@ def _check_producer(claim: ProducerClaim, state: Row[Any] | None) -> int | None:
     return None
 
 
-def _is_expired(row: Row[Any], now: datetime) -> bool:
-    if row.expires_at is not None and row.expires_at <= now:
-        return True
-    return row.ttl_seconds is not None and row.touched_at + timedelta(
-        seconds=row.ttl_seconds
-    ) <= now
-
-
-def _info(row: Row[Any]) -> StreamInfo:
-    return _info_from_mapping(row._mapping)
-
-
-def _info_from_mapping(values: Any) -> StreamInfo:
-    return StreamInfo(
-        id=values["id"],
-        path=values["path"],
-        content_type=values["content_type"],
-        next_position=values["next_position"],
-        total_bytes=values["total_bytes"],
-        closed=values["closed"],
-        ttl_seconds=values["ttl_seconds"],
-        expires_at=values["expires_at"],
-        created_at=values["created_at"],
-    )
-
-
-def _closed_headers(row: Row[Any]) -> dict[str, str]:
+def _closed_headers(row: StreamRow) -> dict[str, str]:
     return {"Stream-Closed": "true", "Stream-Next-Offset": offsets.encode(row.next_position)}

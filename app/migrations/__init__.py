@@ -33,7 +33,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             if not is_sqlite(engine):
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 

@@ -1,0 +1,5 @@
+"""`python -m app` is the `runstream` command."""
+
+from .cli import main
+
+main(prog_name="runstream")

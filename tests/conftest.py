@@ -1,0 +1,138 @@
+"""Shared fixtures: a store on each database, and a real `runstream serve` on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from app.db import make_engine
+from app.hub import InProcessHub
+from app.migrations import upgrade
+from app.models import Base
+from app.store import Store
+
+POSTGRES_URL = os.environ.get("RUNSTREAM_TEST_DATABASE_URL")
+
+
+def reset_postgres(engine: Engine) -> None:
+    """Drop Runstream's tables so that each test starts from an empty, freshly migrated schema."""
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database: an SQLite file, and PostgreSQL when RUNSTREAM_TEST_DATABASE_URL is set."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    else:
+        if not POSTGRES_URL:
+            pytest.skip("set RUNSTREAM_TEST_DATABASE_URL to a PostgreSQL database to run this")
+        engine = make_engine(POSTGRES_URL)
+        reset_postgres(engine)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def hub() -> InProcessHub:
+    return InProcessHub()
+
+
+@pytest.fixture
+def store(engine: Engine, hub: InProcessHub) -> Store:
+    return Store(engine, hub)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """A `runstream serve` child process, in its own process group so it can be killed whole."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    instance_path: Path
+
+    def kill(self) -> None:
+        """SIGKILL the server and its worker: no shutdown code runs, as in a crash."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_server(instance_path: Path, *, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `runstream serve` on a free port and wait until it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env={
+            **os.environ,
+            "RUNSTREAM_INSTANCE_PATH": str(instance_path),
+            "RUNSTREAM_LONG_POLL_TIMEOUT": "1",
+            **(env or {}),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"runstream serve exited with {process.returncode}:\n{output}")
+        try:
+            httpx.head(f"{url}/v1/stream/__health__", timeout=1)
+            return ServerProcess(url, process, instance_path)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("runstream serve did not answer within 30 seconds")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server on a fresh SQLite file, shared by the HTTP tests."""
+    server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def stream_url(request: pytest.FixtureRequest) -> str:
+    """A stream path unique to the test."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
+    return f"/v1/stream/tests/{name}-{time.monotonic_ns()}"
