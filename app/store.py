@@ -21,7 +21,19 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from . import offsets
@@ -108,6 +120,39 @@ class StreamRow:
             expires_at=self.expires_at,
             created_at=self.created_at,
         )
+
+
+# The statements of the append path, built once: building a statement costs more than running
+# it on SQLite.
+_STREAM_BY_PATH = select(*StreamRow.columns()).where(streams.c.path == bindparam("path"))
+_STREAM_BY_PATH_FOR_UPDATE = _STREAM_BY_PATH.with_for_update()
+_PRODUCER_STATE = select(producers.c.epoch, producers.c.last_seq).where(
+    producers.c.stream_id == bindparam("stream_id"),
+    producers.c.producer_id == bindparam("producer_id"),
+)
+_INSERT_PRODUCER = insert(producers)
+_UPDATE_PRODUCER = (
+    update(producers)
+    .where(
+        producers.c.stream_id == bindparam("match_stream_id"),
+        producers.c.producer_id == bindparam("match_producer_id"),
+    )
+    .values(epoch=bindparam("epoch"), last_seq=bindparam("last_seq"))
+)
+_INSERT_CHUNKS = insert(chunks)
+_ADVANCE_STREAM = (
+    update(streams)
+    .where(streams.c.id == bindparam("match_id"))
+    .values(
+        next_position=bindparam("next_position"),
+        total_bytes=bindparam("total_bytes"),
+        touched_at=bindparam("touched_at"),
+        last_stream_seq=func.coalesce(
+            bindparam("stream_seq", type_=String), streams.c.last_stream_seq
+        ),
+        closed=streams.c.closed | bindparam("close", type_=Boolean),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -377,10 +422,7 @@ class Store:
             state = None
             if claim is not None:
                 found = conn.execute(
-                    select(producers.c.epoch, producers.c.last_seq).where(
-                        producers.c.stream_id == row.id,
-                        producers.c.producer_id == claim.producer_id,
-                    )
+                    _PRODUCER_STATE, {"stream_id": row.id, "producer_id": claim.producer_id}
                 ).first()
                 state = ProducerState(*found) if found is not None else None
                 duplicate_of = _check_producer(claim, state)
@@ -418,19 +460,27 @@ class Store:
             added_bytes = sum(len(message) for message in request.messages)
             self._check_size(row.total_bytes + added_bytes)
             self._insert_messages(conn, row.id, row.next_position, request.messages, now)
-            changes: dict[str, Any] = {
-                "next_position": row.next_position + len(request.messages),
-                "total_bytes": row.total_bytes + added_bytes,
-                "touched_at": now,
-            }
-            if request.stream_seq is not None:
-                changes["last_stream_seq"] = request.stream_seq
-            if request.close:
-                changes["closed"] = True
-            conn.execute(update(streams).where(streams.c.id == row.id).values(changes))
+            stored = replace(
+                row,
+                next_position=row.next_position + len(request.messages),
+                total_bytes=row.total_bytes + added_bytes,
+                touched_at=now,
+                last_stream_seq=request.stream_seq or row.last_stream_seq,
+                closed=row.closed or request.close,
+            )
+            conn.execute(
+                _ADVANCE_STREAM,
+                {
+                    "match_id": row.id,
+                    "next_position": stored.next_position,
+                    "total_bytes": stored.total_bytes,
+                    "touched_at": now,
+                    "stream_seq": request.stream_seq,
+                    "close": request.close,
+                },
+            )
             if claim is not None:
                 self._save_producer(conn, row.id, claim, is_new=state is None)
-            stored = replace(row, **changes)
         return AppendResult(
             stored.info(),
             stored=True,
@@ -442,21 +492,23 @@ class Store:
     ) -> None:
         if is_new:
             conn.execute(
-                insert(producers).values(
-                    stream_id=stream_id,
-                    producer_id=claim.producer_id,
-                    epoch=claim.epoch,
-                    last_seq=claim.seq,
-                )
+                _INSERT_PRODUCER,
+                {
+                    "stream_id": stream_id,
+                    "producer_id": claim.producer_id,
+                    "epoch": claim.epoch,
+                    "last_seq": claim.seq,
+                },
             )
         else:
             conn.execute(
-                update(producers)
-                .where(
-                    producers.c.stream_id == stream_id,
-                    producers.c.producer_id == claim.producer_id,
-                )
-                .values(epoch=claim.epoch, last_seq=claim.seq)
+                _UPDATE_PRODUCER,
+                {
+                    "match_stream_id": stream_id,
+                    "match_producer_id": claim.producer_id,
+                    "epoch": claim.epoch,
+                    "last_seq": claim.seq,
+                },
             )
 
     # -- read --------------------------------------------------------------------------------
@@ -638,10 +690,8 @@ class Store:
     # -- rows --------------------------------------------------------------------------------
 
     def _row(self, conn: Connection, path: str, *, lock: bool = False) -> StreamRow | None:
-        query = select(*StreamRow.columns()).where(streams.c.path == path)
-        if lock:
-            query = query.with_for_update()
-        found = conn.execute(query).first()
+        query = _STREAM_BY_PATH_FOR_UPDATE if lock else _STREAM_BY_PATH
+        found = conn.execute(query, {"path": path}).first()
         return StreamRow(*found) if found is not None else None
 
     def _row_by_id(self, conn: Connection, stream_id: int) -> StreamRow:
@@ -673,7 +723,7 @@ class Store:
     ) -> None:
         if messages:
             conn.execute(
-                insert(chunks),
+                _INSERT_CHUNKS,
                 [
                     {
                         "stream_id": stream_id,

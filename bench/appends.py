@@ -1,0 +1,186 @@
+"""Append throughput and reader wake-up latency of a Runstream server.
+
+    python bench/appends.py                       # starts `runstream serve` on a fresh SQLite file
+    python bench/appends.py --url http://127.0.0.1:8787 --count 5000
+
+Figures printed:
+- appends/s: one producer POSTing 100-byte JSON messages one at a time, each with idempotent
+  producer headers, over one keep-alive connection, waiting for each 2xx before the next.
+- wake-up latency over HTTP: a reader long-polls at the tail; the time from the writer sending an
+  append to the reader holding the long-poll response. This includes the append's own request,
+  so it is an upper bound of commit-to-return.
+- wake-up latency in process: the store and hub alone, from the moment the append's commit
+  returned to the moment a reader blocked on the hub has read the new message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from app.db import make_engine
+from app.hub import InProcessHub
+from app.migrations import upgrade
+from app.store import AppendRequest, CreateRequest, Store
+
+# A 100-byte JSON message, like a chunk of an LLM's output.
+MESSAGE = json.dumps({"token": "x" * 87}).encode()
+assert len(MESSAGE) == 100
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+@contextmanager
+def local_server() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as instance:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            env={**os.environ, "RUNSTREAM_INSTANCE_PATH": instance},
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    httpx.head(f"{url}/v1/stream/ready")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+
+
+def bench_appends(url: str, count: int) -> float:
+    path = f"/v1/stream/bench/appends-{time.time_ns()}"
+    with httpx.Client(base_url=url) as client:
+        client.put(path, headers={"Content-Type": "application/json"}).raise_for_status()
+        started = time.perf_counter()
+        for seq in range(count):
+            response = client.post(
+                path,
+                content=MESSAGE,
+                headers={
+                    "Content-Type": "application/json",
+                    "Producer-Id": "bench",
+                    "Producer-Epoch": "0",
+                    "Producer-Seq": str(seq),
+                },
+            )
+            response.raise_for_status()
+        elapsed = time.perf_counter() - started
+        tail = client.head(path).headers["Stream-Next-Offset"]
+    assert tail.startswith(f"{count:016d}"), f"expected {count} messages, tail is {tail}"
+    return count / elapsed
+
+
+def bench_http_wakeup(url: str, samples: int) -> list[float]:
+    path = f"/v1/stream/bench/wakeup-{time.time_ns()}"
+    latencies: list[float] = []
+    with httpx.Client(base_url=url) as writer, httpx.Client(base_url=url) as reader:
+        offset = writer.put(path, headers={"Content-Type": "application/json"}).headers[
+            "Stream-Next-Offset"
+        ]
+        for _ in range(samples):
+            received: dict[str, float] = {}
+
+            def poll(at: str = offset) -> None:
+                response = reader.get(path, params={"offset": at, "live": "long-poll"})
+                received["at"] = time.perf_counter()
+                received["offset"] = response.headers["Stream-Next-Offset"]  # type: ignore[assignment]
+
+            thread = threading.Thread(target=poll)
+            thread.start()
+            time.sleep(0.02)  # let the long-poll reach the server and wait at the tail
+            sent = time.perf_counter()
+            writer.post(path, content=MESSAGE, headers={"Content-Type": "application/json"})
+            thread.join()
+            latencies.append(received["at"] - sent)
+            offset = str(received["offset"])
+    return latencies
+
+
+def bench_inprocess_wakeup(samples: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as folder:
+        engine = make_engine(f"sqlite:///{folder}/bench.sqlite3")
+        upgrade(engine)
+        hub = InProcessHub()
+        store = Store(engine, hub)
+        store.create("wakeup", CreateRequest(content_type="application/json"))
+        latencies: list[float] = []
+        for position in range(samples):
+            woke: dict[str, float] = {}
+            ready = threading.Event()
+
+            def wait_for_data(at: int = position) -> None:
+                with hub.subscribe("wakeup") as subscription:
+                    ready.set()
+                    while not store.read("wakeup", at, max_bytes=1 << 20).messages:
+                        subscription.wait(5)
+                    woke["at"] = time.perf_counter()
+
+            thread = threading.Thread(target=wait_for_data)
+            thread.start()
+            ready.wait()
+            time.sleep(0.005)
+            store.append("wakeup", AppendRequest(messages=[MESSAGE]))
+            committed = time.perf_counter()
+            thread.join()
+            latencies.append(max(0.0, woke["at"] - committed))
+        engine.dispose()
+        return latencies
+
+
+def report(name: str, latencies: list[float]) -> None:
+    ms = [latency * 1000 for latency in latencies]
+    print(
+        f"{name}: median {statistics.median(ms):.2f} ms, p99 {percentile(ms, 0.99):.2f} ms "
+        f"({len(ms)} samples)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server; default: start one on a fresh SQLite file")
+    parser.add_argument("--count", type=int, default=3000, help="appends to time")
+    parser.add_argument("--samples", type=int, default=200, help="wake-up samples")
+    args = parser.parse_args()
+
+    with local_server() if args.url is None else nullcontext_url(args.url) as url:
+        rate = bench_appends(url, args.count)
+        print(f"appends: {rate:,.0f} appends/s (one producer, 100-byte JSON, {args.count} appends)")
+        report(
+            "wake-up over HTTP (append sent -> long-poll returned)",
+            bench_http_wakeup(url, args.samples),
+        )
+    report("wake-up in process (commit -> reader has data)", bench_inprocess_wakeup(args.samples))
+
+
+@contextmanager
+def nullcontext_url(url: str) -> Iterator[str]:
+    yield url
+
+
+if __name__ == "__main__":
+    main()
