@@ -48,7 +48,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(config)
 
     settings = Settings.from_mapping(app.config, app.instance_path)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_append_bytes
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     migrations.upgrade(engine)
     hub = InProcessHub()

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import cursors, offsets, runtime
 from .content_types import DEFAULT, is_json, is_text
-from .errors import BadRequest, StreamError
+from .errors import BadRequest, PayloadTooLarge, StreamError
 from .json_messages import join_messages, split_messages
 from .store import AppendRequest, CreateRequest, ForkRequest, ProducerClaim, ReadResult, Store
 
@@ -28,6 +27,7 @@ blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
 
 # Producer-Epoch and Producer-Seq must fit a JavaScript number exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
+
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 EXPOSED_HEADERS = ", ".join(
@@ -57,12 +57,6 @@ def stream_error(error: StreamError) -> Response:
     response = error_response(error.status, error.message)
     response.headers.update(error.headers)
     return response
-
-
-@blueprint.errorhandler(RequestEntityTooLarge)
-def too_large(_error: RequestEntityTooLarge) -> Response:
-    limit = runtime().settings.max_append_bytes
-    return error_response(413, f"the request body is larger than the limit of {limit} bytes")
 
 
 def error_response(status: int, message: str) -> Response:
@@ -130,8 +124,8 @@ def create(store: Store, path: str) -> Response:
     ttl, expires_at = parse_expiry()
     fork = parse_fork()
     if fork is not None and "Content-Type" not in request.headers:
-        content_type = ""  # inherit the source's
-    body = request.get_data(cache=False)
+        content_type = inherited_content_type(store, fork)
+    body = read_body()
     messages = parse_messages(content_type, body, allow_empty_batch=True) if body else []
     result = store.create(
         path,
@@ -153,9 +147,20 @@ def create(store: Store, path: str) -> Response:
     return response
 
 
+def inherited_content_type(store: Store, fork: ForkRequest) -> str:
+    """A fork created without a Content-Type has its source's.
+
+    An empty string leaves it to the store to say why the source cannot be forked.
+    """
+    try:
+        return store.head(fork.source_path).content_type
+    except StreamError:
+        return ""
+
+
 def append(store: Store, path: str) -> Response:
     close = header_is_true("Stream-Closed")
-    body = request.get_data(cache=False)
+    body = read_body()
     content_type = request.headers.get("Content-Type")
     if not body and not close:
         raise BadRequest("the body is empty: send data to append, or Stream-Closed: true to close")
@@ -355,6 +360,21 @@ def control_event(result: ReadResult, client_cursor: str | None) -> str:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+def read_body() -> bytes:
+    """The request body, refused with 413 when it is over the limit.
+
+    The limit is checked here rather than by Flask's MAX_CONTENT_LENGTH, which cuts a chunked
+    body short at the limit without saying so.
+    """
+    limit = runtime().settings.max_append_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+    return body
+
+
 def header_is_true(name: str) -> bool:
     return request.headers.get(name, "").strip().lower() == "true"
 
@@ -405,7 +425,7 @@ def parse_time(value: str) -> datetime:
     zone = "+00:00" if zone in ("Z", "z") else zone
     try:
         return datetime.fromisoformat(f"{date}T{clock}{fraction}{zone}").astimezone(UTC)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise BadRequest(f"Stream-Expires-At {value!r} is not a valid time: {error}") from None
 
 

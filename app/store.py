@@ -43,6 +43,12 @@ from .errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooL
 from .hub import Hub
 from .models import Chunk, Producer, Stream
 
+# Longer TTLs than a century are surely mistakes, and they would overflow date arithmetic.
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
+# What the columns hold; longer values are refused with a message rather than a database error.
+MAX_PATH_LENGTH = 1024
+MAX_NAME_LENGTH = 255
+
 streams = cast(Table, Stream.__table__)
 chunks = cast(Table, Chunk.__table__)
 producers = cast(Table, Producer.__table__)
@@ -267,6 +273,13 @@ class Store:
         return result
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
+        _check_length("the stream path", path, MAX_PATH_LENGTH)
+        _check_length("Content-Type", request.content_type, MAX_NAME_LENGTH)
+        if request.ttl_seconds is not None and not 0 <= request.ttl_seconds <= MAX_TTL_SECONDS:
+            raise BadRequest(
+                f"Stream-TTL must be from 0 to {MAX_TTL_SECONDS} seconds (100 years), "
+                f"not {request.ttl_seconds}"
+            )
         now = utcnow()
         with self._writing() as conn:
             existing = self._row(conn, path, lock=True)
@@ -309,24 +322,38 @@ class Store:
         return CreateResult(created=True, stream=row.info())
 
     def _check_same_config(self, conn: Connection, row: StreamRow, request: CreateRequest) -> None:
+        """Raise Conflict unless repeating ``request`` would create the stream ``row`` is."""
+        fork = request.fork
+        source = (
+            self._row_by_id(conn, row.fork_source_id) if row.fork_source_id is not None else None
+        )
+        ttl, expires_at = request.ttl_seconds, request.expires_at
+        if source is not None and ttl is None and expires_at is None:
+            # A fork created without an expiry took its source's; so does the same request again.
+            ttl, expires_at = source.ttl_seconds, source.expires_at
+
         differences = []
         if request.content_type and not same_content_type(row.content_type, request.content_type):
             differences.append(f"content type is {row.content_type!r}")
-        if row.ttl_seconds != request.ttl_seconds:
+        if row.ttl_seconds != ttl:
             differences.append(f"Stream-TTL is {row.ttl_seconds}")
-        if row.expires_at != request.expires_at:
+        if row.expires_at != expires_at:
             shown = row.expires_at.isoformat() if row.expires_at else None
             differences.append(f"Stream-Expires-At is {shown}")
         if row.closed != request.closed:
             differences.append("it is closed" if row.closed else "it is open")
-        fork = request.fork
-        source_path = self._path_of(conn, row.fork_source_id) if row.fork_source_id else None
+        source_path = source.path if source is not None else None
         if (fork.source_path if fork else None) != source_path:
             differences.append(
                 f"it is forked from {source_path!r}" if source_path else "it is not a fork"
             )
         elif fork is not None and (
-            (fork.offset is not None and fork.offset != row.fork_offset)
+            # Without an offset (or with "now") a fork is taken at the source's tail, wherever
+            # that is now; any explicit offset must be the one the fork was made at.
+            (
+                fork.offset not in (None, offsets.NOW)
+                and _fork_offset(fork.offset) != row.fork_offset
+            )
             or fork.sub_offset != row.fork_sub_offset
         ):
             differences.append(f"it was forked at offset {row.fork_offset}")
@@ -411,6 +438,10 @@ class Store:
         closed or its Stream-Seq was passed; then a closed stream refuses, then a content type
         that does not match, then a Stream-Seq that does not increase.
         """
+        if request.producer is not None:
+            _check_length("Producer-Id", request.producer.producer_id, MAX_NAME_LENGTH)
+        if request.stream_seq is not None:
+            _check_length("Stream-Seq", request.stream_seq, MAX_NAME_LENGTH)
         now = utcnow()
         claim = request.producer
         with self._writing() as conn:
@@ -699,9 +730,6 @@ class Store:
             *conn.execute(select(*StreamRow.columns()).where(streams.c.id == stream_id)).one()
         )
 
-    def _path_of(self, conn: Connection, stream_id: int) -> str | None:
-        return conn.execute(select(streams.c.path).where(streams.c.id == stream_id)).scalar()
-
     def _live_row(
         self, conn: Connection, path: str, now: datetime, *, lock: bool = False
     ) -> StreamRow:
@@ -778,6 +806,16 @@ def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | 
             },
         )
     return None
+
+
+def _check_length(what: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise BadRequest(f"{what} is {len(value)} characters long; the limit is {limit}")
+
+
+def _fork_offset(offset: str) -> str:
+    """A requested Stream-Fork-Offset as the fork records it."""
+    return offsets.encode(0) if offset == offsets.START else offset
 
 
 def _closed_headers(row: StreamRow) -> dict[str, str]:
