@@ -274,6 +274,8 @@ class Store:
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
         _check_length("the stream path", path, MAX_PATH_LENGTH)
+        if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
+            raise BadRequest("a stream path must not contain control characters")
         _check_length("Content-Type", request.content_type, MAX_NAME_LENGTH)
         if request.ttl_seconds is not None and not 0 <= request.ttl_seconds <= MAX_TTL_SECONDS:
             raise BadRequest(
@@ -721,6 +723,8 @@ class Store:
     # -- rows --------------------------------------------------------------------------------
 
     def _row(self, conn: Connection, path: str, *, lock: bool = False) -> StreamRow | None:
+        if "\x00" in path:
+            return None  # no stream can have it, and PostgreSQL cannot even compare it
         query = _STREAM_BY_PATH_FOR_UPDATE if lock else _STREAM_BY_PATH
         found = conn.execute(query, {"path": path}).first()
         return StreamRow(*found) if found is not None else None

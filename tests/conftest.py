@@ -35,7 +35,7 @@ def reset_postgres(engine: Engine) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database: an SQLite file, and PostgreSQL when RUNSTREAM_TEST_DATABASE_URL is set."""
+    """A migrated database: an SQLite file, and PostgreSQL if RUNSTREAM_TEST_DATABASE_URL is set."""
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'store.sqlite3'}")
     else:
