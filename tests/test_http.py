@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,28 +30,26 @@ LIMIT = 1024  # RUNSTREAM_MAX_APPEND_BYTES of the small_server fixture
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def put(
+def send(
     client: httpx.Client,
+    method: str,
     url: str,
     body: bytes = b"",
     *,
     content_type: str | None = TEXT,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
+    """A request with a body; ``content_type=None`` sends none."""
     all_headers = {"Content-Type": content_type} if content_type else {}
-    return client.put(url, content=body, headers={**all_headers, **(headers or {})})
+    return client.request(method, url, content=body, headers={**all_headers, **(headers or {})})
 
 
-def post(
-    client: httpx.Client,
-    url: str,
-    body: bytes = b"",
-    *,
-    content_type: str | None = TEXT,
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    all_headers = {"Content-Type": content_type} if content_type else {}
-    return client.post(url, content=body, headers={**all_headers, **(headers or {})})
+def put(client: httpx.Client, url: str, body: bytes = b"", **options: Any) -> httpx.Response:
+    return send(client, "PUT", url, body, **options)
+
+
+def post(client: httpx.Client, url: str, body: bytes = b"", **options: Any) -> httpx.Response:
+    return send(client, "POST", url, body, **options)
 
 
 def producer(producer_id: str, epoch: int, seq: int) -> dict[str, str]:
@@ -58,6 +57,23 @@ def producer(producer_id: str, epoch: int, seq: int) -> dict[str, str]:
 
 
 CLOSE = {"Stream-Closed": "true"}
+
+
+@contextmanager
+def long_poll_in_background(url: str, offset: str) -> Iterator[list[httpx.Response]]:
+    """Long-poll ``url`` at ``offset`` from another thread while the ``with`` body runs; the
+    list holds the response once the block has ended."""
+    responses: list[httpx.Response] = []
+
+    def poll() -> None:
+        params = {"offset": offset, "live": "long-poll"}
+        responses.append(httpx.get(url, params=params, timeout=10))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)  # let it reach the server and wait; its 1 s timeout is far away
+    yield responses
+    poller.join(10)
 
 
 @dataclass(frozen=True)
@@ -507,17 +523,9 @@ def test_long_poll_wakes_when_data_is_appended(
 ) -> None:
     """A long-poll at the tail answers with exactly the data appended while it waited."""
     tail = put(client, stream_url, b"before").headers["Stream-Next-Offset"]
-    responses: list[httpx.Response] = []
 
-    def poll() -> None:
-        params = {"offset": tail, "live": "long-poll"}
-        responses.append(httpx.get(server.url + stream_url, params=params, timeout=10))
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    time.sleep(0.2)  # let it reach the server; its 1 s timeout is far away
-    appended = post(client, stream_url, b"after")
-    poller.join(10)
+    with long_poll_in_background(server.url + stream_url, tail) as responses:
+        appended = post(client, stream_url, b"after")
 
     [response] = responses
     assert (response.status_code, response.content) == (200, b"after")
@@ -567,17 +575,9 @@ def test_long_poll_wakes_when_the_stream_is_closed(
     server: ServerProcess, client: httpx.Client, stream_url: str
 ) -> None:
     tail = put(client, stream_url, b"data").headers["Stream-Next-Offset"]
-    responses: list[httpx.Response] = []
 
-    def poll() -> None:
-        params = {"offset": tail, "live": "long-poll"}
-        responses.append(httpx.get(server.url + stream_url, params=params, timeout=10))
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    time.sleep(0.2)
-    post(client, stream_url, content_type=None, headers=CLOSE)
-    poller.join(10)
+    with long_poll_in_background(server.url + stream_url, tail) as responses:
+        post(client, stream_url, content_type=None, headers=CLOSE)
 
     [response] = responses
     assert response.status_code == 204
