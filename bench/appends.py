@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -103,22 +104,22 @@ def bench_http_wakeup(url: str, samples: int) -> list[float]:
             "Stream-Next-Offset"
         ]
         for _ in range(samples):
-            received: dict[str, float] = {}
-
-            def poll(at: str = offset) -> None:
-                response = reader.get(path, params={"offset": at, "live": "long-poll"})
-                received["at"] = time.perf_counter()
-                received["offset"] = response.headers["Stream-Next-Offset"]  # type: ignore[assignment]
-
-            thread = threading.Thread(target=poll)
+            received: dict[str, Any] = {}
+            thread = threading.Thread(target=long_poll, args=(reader, path, offset, received))
             thread.start()
             time.sleep(0.02)  # let the long-poll reach the server and wait at the tail
             sent = time.perf_counter()
             writer.post(path, content=MESSAGE, headers={"Content-Type": "application/json"})
             thread.join()
             latencies.append(received["at"] - sent)
-            offset = str(received["offset"])
+            offset = received["offset"]
     return latencies
+
+
+def long_poll(client: httpx.Client, path: str, offset: str, received: dict[str, Any]) -> None:
+    response = client.get(path, params={"offset": offset, "live": "long-poll"})
+    received["at"] = time.perf_counter()
+    received["offset"] = response.headers["Stream-Next-Offset"]
 
 
 def bench_inprocess_wakeup(samples: int) -> list[float]:
@@ -132,15 +133,9 @@ def bench_inprocess_wakeup(samples: int) -> list[float]:
         for position in range(samples):
             woke: dict[str, float] = {}
             ready = threading.Event()
-
-            def wait_for_data(at: int = position) -> None:
-                with hub.subscribe("wakeup") as subscription:
-                    ready.set()
-                    while not store.read("wakeup", at, max_bytes=1 << 20).messages:
-                        subscription.wait(5)
-                    woke["at"] = time.perf_counter()
-
-            thread = threading.Thread(target=wait_for_data)
+            thread = threading.Thread(
+                target=wait_for_data, args=(store, "wakeup", position, ready, woke)
+            )
             thread.start()
             ready.wait()
             time.sleep(0.005)
@@ -150,6 +145,17 @@ def bench_inprocess_wakeup(samples: int) -> list[float]:
             latencies.append(max(0.0, woke["at"] - committed))
         engine.dispose()
         return latencies
+
+
+def wait_for_data(
+    store: Store, path: str, position: int, ready: threading.Event, woke: dict[str, float]
+) -> None:
+    """Block on the hub until the message at ``position`` can be read; note when."""
+    with store.hub.subscribe(path) as subscription:
+        ready.set()
+        while not store.read(path, position, max_bytes=1 << 20).messages:
+            subscription.wait(5)
+        woke["at"] = time.perf_counter()
 
 
 def report(name: str, latencies: list[float]) -> None:
