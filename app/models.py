@@ -15,9 +15,11 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
+    Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +72,9 @@ class Stream(Base):
     # The last read or write: the start of a sliding TTL window.
     touched_at: Mapped[datetime] = mapped_column()
     ttl_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    # The last append; a stream with a retention expires that long after it.
+    written_at: Mapped[datetime] = mapped_column()
+    retention_seconds: Mapped[int | None] = mapped_column(BigInteger)
     expires_at: Mapped[datetime | None] = mapped_column()
     next_position: Mapped[int] = mapped_column(BigInteger, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -111,4 +116,39 @@ class Producer(Base):
     )
     producer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     epoch: Mapped[int] = mapped_column(BigInteger)
+    # -1 for a writer that announced itself but has stored nothing yet.
     last_seq: Mapped[int] = mapped_column(BigInteger)
+    # A websocket writer is "writing" from its hello until it says it has ended; a run's
+    # stream is closed at the run's end only once no writer is still writing to it.
+    writing: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_at: Mapped[datetime | None] = mapped_column()
+
+
+class Run(Base):
+    """One execution of a task, the owner of any number of streams.
+
+    Payload, output and error are JSON text. A root run is its own root; a child run has its
+    parent's root.
+    """
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_claim", "status", "task_id", "created_at"),
+        Index("ix_runs_created", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    root_run_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    # The worker executing the run, and when it last said it is still at it.
+    worker_id: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()

@@ -91,6 +91,8 @@ class StreamRow:
     created_at: datetime
     touched_at: datetime
     ttl_seconds: int | None
+    written_at: datetime
+    retention_seconds: int | None
     expires_at: datetime | None
     next_position: int
     total_bytes: int
@@ -108,6 +110,11 @@ class StreamRow:
 
     def is_expired(self, now: datetime) -> bool:
         if self.expires_at is not None and self.expires_at <= now:
+            return True
+        if (
+            self.retention_seconds is not None
+            and self.written_at + timedelta(seconds=self.retention_seconds) <= now
+        ):
             return True
         return (
             self.ttl_seconds is not None
@@ -136,15 +143,6 @@ _PRODUCER_STATE = select(producers.c.epoch, producers.c.last_seq).where(
     producers.c.stream_id == bindparam("stream_id"),
     producers.c.producer_id == bindparam("producer_id"),
 )
-_INSERT_PRODUCER = insert(producers)
-_UPDATE_PRODUCER = (
-    update(producers)
-    .where(
-        producers.c.stream_id == bindparam("match_stream_id"),
-        producers.c.producer_id == bindparam("match_producer_id"),
-    )
-    .values(epoch=bindparam("epoch"), last_seq=bindparam("last_seq"))
-)
 _INSERT_CHUNKS = insert(chunks)
 _ADVANCE_STREAM = (
     update(streams)
@@ -153,6 +151,7 @@ _ADVANCE_STREAM = (
         next_position=bindparam("next_position"),
         total_bytes=bindparam("total_bytes"),
         touched_at=bindparam("touched_at"),
+        written_at=bindparam("touched_at"),
         last_stream_seq=func.coalesce(
             bindparam("stream_seq", type_=String), streams.c.last_stream_seq
         ),
@@ -174,6 +173,8 @@ class CreateRequest:
     messages: Sequence[bytes] = ()
     ttl_seconds: int | None = None
     expires_at: datetime | None = None
+    # Expire this many seconds after the last append (run streams), whatever the reads.
+    retention_seconds: int | None = None
     closed: bool = False
     fork: ForkRequest | None = None
 
@@ -206,8 +207,16 @@ class AppendRequest:
     messages: Sequence[bytes]
     content_type: str | None = None
     producer: ProducerClaim | None = None
+    # False: the producer's seq numbers this request, as in HTTP. True: it numbers the first
+    # message and each further message takes the next number, as websocket writers count; a
+    # resent batch that is partly stored then stores only its unstored tail.
+    seq_per_message: bool = False
     stream_seq: str | None = None
     close: bool = False
+
+    @property
+    def producer_count(self) -> int:
+        return max(1, len(self.messages)) if self.seq_per_message else 1
 
 
 @dataclass(frozen=True)
@@ -236,10 +245,18 @@ class ReadResult:
 
 
 class Store:
-    def __init__(self, engine: Engine, hub: Hub, *, max_stream_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        hub: Hub,
+        *,
+        max_stream_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
         self.engine = engine
         self.hub = hub
         self.max_stream_bytes = max_stream_bytes
+        self.max_message_bytes = max_message_bytes
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
         )
@@ -274,6 +291,7 @@ class Store:
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
         _check_length("the stream path", path, MAX_PATH_LENGTH)
+        self._check_message_sizes(request.messages)
         if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
             raise BadRequest("a stream path must not contain control characters")
         _check_length("Content-Type", request.content_type, MAX_NAME_LENGTH)
@@ -301,8 +319,10 @@ class Store:
                 "content_type": request.content_type,
                 "created_at": now,
                 "touched_at": now,
+                "written_at": now,
                 "ttl_seconds": request.ttl_seconds,
                 "expires_at": request.expires_at,
+                "retention_seconds": request.retention_seconds,
                 "closed": request.closed,
             }
             own_messages = list(request.messages)
@@ -444,8 +464,10 @@ class Store:
             _check_length("Producer-Id", request.producer.producer_id, MAX_NAME_LENGTH)
         if request.stream_seq is not None:
             _check_length("Stream-Seq", request.stream_seq, MAX_NAME_LENGTH)
+        self._check_message_sizes(request.messages)
         now = utcnow()
         claim = request.producer
+        messages = request.messages
         with self._writing() as conn:
             row = self._live_row(conn, path, now, lock=True)
             if row.ttl_seconds is not None:
@@ -458,12 +480,14 @@ class Store:
                     _PRODUCER_STATE, {"stream_id": row.id, "producer_id": claim.producer_id}
                 ).first()
                 state = ProducerState(*found) if found is not None else None
-                duplicate_of = _check_producer(claim, state)
-                if duplicate_of is not None:
-                    return AppendResult(row.info(), stored=False, producer_seq=duplicate_of)
+                already_stored = _check_producer(claim, state, request.producer_count)
+                if already_stored == request.producer_count:
+                    assert state is not None
+                    return AppendResult(row.info(), stored=False, producer_seq=state.last_seq)
+                messages = messages[already_stored:]
 
             if row.closed:
-                if request.close and not request.messages and claim is None:
+                if request.close and not messages and claim is None:
                     return AppendResult(row.info(), stored=False)
                 raise Conflict(
                     f"stream {path!r} is closed; it accepts no more appends",
@@ -471,7 +495,7 @@ class Store:
                 )
 
             if (
-                request.messages
+                messages
                 and request.content_type is not None
                 and not same_content_type(row.content_type, request.content_type)
             ):
@@ -490,12 +514,12 @@ class Store:
                     f"accepted Stream-Seq {row.last_stream_seq!r}"
                 )
 
-            added_bytes = sum(len(message) for message in request.messages)
+            added_bytes = sum(len(message) for message in messages)
             self._check_size(row.total_bytes + added_bytes)
-            self._insert_messages(conn, row.id, row.next_position, request.messages, now)
+            self._insert_messages(conn, row.id, row.next_position, messages, now)
             stored = replace(
                 row,
-                next_position=row.next_position + len(request.messages),
+                next_position=row.next_position + len(messages),
                 total_bytes=row.total_bytes + added_bytes,
                 touched_at=now,
                 last_stream_seq=request.stream_seq or row.last_stream_seq,
@@ -512,37 +536,95 @@ class Store:
                     "close": request.close,
                 },
             )
+            last_seq = None
             if claim is not None:
-                self._save_producer(conn, row.id, claim, is_new=state is None)
-        return AppendResult(
-            stored.info(),
-            stored=True,
-            producer_seq=claim.seq if claim is not None else None,
-        )
+                last_seq = claim.seq + request.producer_count - 1
+                self._save_producer(conn, row.id, claim.producer_id, claim.epoch, last_seq, now)
+        return AppendResult(stored.info(), stored=True, producer_seq=last_seq)
 
     def _save_producer(
-        self, conn: Connection, stream_id: int, claim: ProducerClaim, *, is_new: bool
+        self,
+        conn: Connection,
+        stream_id: int,
+        producer_id: str,
+        epoch: int,
+        last_seq: int,
+        now: datetime,
+        *,
+        writing: bool | None = None,
     ) -> None:
-        if is_new:
+        """Record a producer's state, creating it on its first request."""
+        values: dict[str, Any] = {"epoch": epoch, "last_seq": last_seq, "seen_at": now}
+        if writing is not None:
+            values["writing"] = writing
+        updated = conn.execute(
+            update(producers)
+            .where(producers.c.stream_id == stream_id, producers.c.producer_id == producer_id)
+            .values(values)
+        )
+        if updated.rowcount == 0:
             conn.execute(
-                _INSERT_PRODUCER,
-                {
-                    "stream_id": stream_id,
-                    "producer_id": claim.producer_id,
-                    "epoch": claim.epoch,
-                    "last_seq": claim.seq,
-                },
+                insert(producers).values(
+                    stream_id=stream_id, producer_id=producer_id, writing=bool(writing), **values
+                )
             )
-        else:
+
+    # -- websocket writers -------------------------------------------------------------------
+
+    def open_writer(self, path: str, writer_id: str) -> int:
+        """Register a writer that numbers its messages from 0 and may reconnect.
+
+        Returns the number of its last message the stream holds (-1 for none), so that it
+        resends only what is missing. Until :meth:`close_writer`, the writer counts as writing:
+        see :meth:`close_unless_writing`.
+        """
+        _check_length("the writer id", writer_id, MAX_NAME_LENGTH)
+        now = utcnow()
+        with self._writing() as conn:
+            row = self._live_row(conn, path, now, lock=True)
+            found = conn.execute(
+                _PRODUCER_STATE, {"stream_id": row.id, "producer_id": writer_id}
+            ).first()
+            state = ProducerState(*found) if found is not None else ProducerState(0, -1)
+            self._save_producer(
+                conn, row.id, writer_id, state.epoch, state.last_seq, now, writing=True
+            )
+        return state.last_seq
+
+    def close_writer(self, path: str, writer_id: str) -> None:
+        """The writer has sent everything it will: it no longer holds the stream open."""
+        with self._writing() as conn:
+            row = self._live_row(conn, path, utcnow(), lock=True)
             conn.execute(
-                _UPDATE_PRODUCER,
-                {
-                    "match_stream_id": stream_id,
-                    "match_producer_id": claim.producer_id,
-                    "epoch": claim.epoch,
-                    "last_seq": claim.seq,
-                },
+                update(producers)
+                .where(producers.c.stream_id == row.id, producers.c.producer_id == writer_id)
+                .values(writing=False)
             )
+
+    def close_unless_writing(self, path: str, *, writer_timeout: float) -> bool:
+        """Close the stream unless a writer is still writing to it; True if it is closed.
+
+        A writer that has not been heard from for ``writer_timeout`` seconds is taken for gone.
+        """
+        now = utcnow()
+        with self._writing() as conn:
+            row = self._live_row(conn, path, now, lock=True)
+            if row.closed:
+                return True
+            still_writing = conn.execute(
+                select(producers.c.producer_id)
+                .where(
+                    producers.c.stream_id == row.id,
+                    producers.c.writing.is_(True),
+                    producers.c.seen_at > now - timedelta(seconds=writer_timeout),
+                )
+                .limit(1)
+            ).first()
+            if still_writing is not None:
+                return False
+            conn.execute(update(streams).where(streams.c.id == row.id).values(closed=True))
+        self.hub.publish(path)
+        return True
 
     # -- read --------------------------------------------------------------------------------
 
@@ -767,6 +849,17 @@ class Store:
                 ],
             )
 
+    def _check_message_sizes(self, messages: Sequence[bytes]) -> None:
+        limit = self.max_message_bytes
+        if limit is None:
+            return
+        for message in messages:
+            if len(message) > limit:
+                raise PayloadTooLarge(
+                    f"a message of {len(message)} bytes is over the limit of {limit} bytes "
+                    "per message; split it into smaller chunks"
+                )
+
     def _check_size(self, total_bytes: int) -> None:
         if self.max_stream_bytes is not None and total_bytes > self.max_stream_bytes:
             raise PayloadTooLarge(
@@ -775,11 +868,12 @@ class Store:
             )
 
 
-def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | None:
-    """Validate a producer's epoch and sequence number against its stored state.
+def _check_producer(claim: ProducerClaim, state: ProducerState | None, count: int) -> int:
+    """Validate a producer's epoch and sequence numbers against its stored state.
 
-    Returns the producer's last accepted seq when the request is a retry of one already stored,
-    None when it is the next request to store, and raises otherwise.
+    The request carries sequence numbers ``claim.seq`` to ``claim.seq + count - 1``. Returns how
+    many of them the stream already holds: ``count`` for a retry of a stored request, 0 for the
+    next request; raises when the request is fenced off or leaves a gap.
     """
     if state is not None and claim.epoch < state.epoch:
         raise Forbidden(
@@ -789,7 +883,7 @@ def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | 
         )
     if state is None or claim.epoch > state.epoch:
         if claim.seq == 0:
-            return None
+            return 0
         if state is None:
             raise Conflict(
                 f"producer {claim.producer_id!r} is new here: its first Producer-Seq must be 0, "
@@ -799,8 +893,8 @@ def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | 
         raise BadRequest(
             f"a new epoch ({claim.epoch}) must start at Producer-Seq 0, not {claim.seq}"
         )
-    if claim.seq <= state.last_seq:
-        return state.last_seq
+    if claim.seq + count - 1 <= state.last_seq:
+        return count
     if claim.seq > state.last_seq + 1:
         raise Conflict(
             f"Producer-Seq {claim.seq} skips ahead: the next expected is {state.last_seq + 1}",
@@ -809,7 +903,7 @@ def _check_producer(claim: ProducerClaim, state: ProducerState | None) -> int | 
                 "Producer-Received-Seq": str(claim.seq),
             },
         )
-    return None
+    return state.last_seq + 1 - claim.seq
 
 
 def _check_length(what: str, value: str, limit: int) -> None:

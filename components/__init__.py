@@ -1,0 +1,1 @@
+"""ReactPy components and hooks that show Runstream streams live."""

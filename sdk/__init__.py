@@ -1,0 +1,1 @@
+"""The Runstream Python SDK, for workers and apps."""
