@@ -10,13 +10,45 @@ gives them one consistent snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 WRITE_OPTION = "runstream_write"
+
+# SQLite has one writer at a time. Writers of this process queue on a lock (one per engine)
+# rather than in SQLite's busy handler, which sleeps and retries: the lock hands over at once.
+_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed when the block ends, rolled back if it raises.
+
+    On PostgreSQL, rows are locked by the statements themselves (``SELECT ... FOR UPDATE``).
+    """
+    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if is_sqlite(engine):
+        with _locks_guard:
+            lock = _sqlite_write_locks.setdefault(engine, threading.Lock())
+    with lock, engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read transaction: one consistent snapshot of the database."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
 
 
 def is_sqlite(engine: Engine) -> bool:

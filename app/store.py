@@ -14,9 +14,7 @@ the protocol asks of idempotent producers.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -38,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import offsets
 from .content_types import is_json, same_content_type
-from .db import WRITE_OPTION, is_sqlite
+from .db import reading, writing
 from .errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge
 from .hub import Hub
 from .models import Chunk, Producer, Stream
@@ -257,23 +255,6 @@ class Store:
         self.hub = hub
         self.max_stream_bytes = max_stream_bytes
         self.max_message_bytes = max_message_bytes
-        self._write_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
-        )
-
-    # -- transactions -------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     # -- create ------------------------------------------------------------------------------
 
@@ -301,7 +282,7 @@ class Store:
                 f"not {request.ttl_seconds}"
             )
         now = utcnow()
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             existing = self._row(conn, path, lock=True)
             if existing is not None:
                 if existing.deleted:
@@ -468,7 +449,7 @@ class Store:
         now = utcnow()
         claim = request.producer
         messages = request.messages
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             row = self._live_row(conn, path, now, lock=True)
             if row.ttl_seconds is not None:
                 # Every write request is activity, even one that turns out to change nothing.
@@ -580,7 +561,7 @@ class Store:
         """
         _check_length("the writer id", writer_id, MAX_NAME_LENGTH)
         now = utcnow()
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             row = self._live_row(conn, path, now, lock=True)
             found = conn.execute(
                 _PRODUCER_STATE, {"stream_id": row.id, "producer_id": writer_id}
@@ -593,7 +574,7 @@ class Store:
 
     def close_writer(self, path: str, writer_id: str) -> None:
         """The writer has sent everything it will: it no longer holds the stream open."""
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             row = self._live_row(conn, path, utcnow(), lock=True)
             conn.execute(
                 update(producers)
@@ -607,7 +588,7 @@ class Store:
         A writer that has not been heard from for ``writer_timeout`` seconds is taken for gone.
         """
         now = utcnow()
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             row = self._live_row(conn, path, now, lock=True)
             if row.closed:
                 return True
@@ -629,7 +610,7 @@ class Store:
     # -- read --------------------------------------------------------------------------------
 
     def head(self, path: str) -> StreamInfo:
-        with self._reading() as conn:
+        with reading(self.engine) as conn:
             return self._live_row(conn, path, utcnow()).info()
 
     def read(self, path: str, position: int | None, *, max_bytes: int) -> ReadResult:
@@ -638,7 +619,7 @@ class Store:
         At least one message is returned when one exists, however large.
         """
         now = utcnow()
-        with self._reading() as conn:
+        with reading(self.engine) as conn:
             row = self._live_row(conn, path, now)
             info = row.info()
             if position is None:
@@ -731,14 +712,14 @@ class Store:
 
     def _touch(self, stream_id: int, now: datetime) -> None:
         """Restart a stream's sliding TTL window: reads count as activity."""
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             conn.execute(update(streams).where(streams.c.id == stream_id).values(touched_at=now))
 
     # -- delete and expiry -------------------------------------------------------------------
 
     def delete(self, path: str) -> None:
         """Delete a stream; one that forks still read from is soft-deleted instead."""
-        with self._writing() as conn:
+        with writing(self.engine) as conn:
             row = self._live_row(conn, path, utcnow(), lock=True)
             if self._has_forks(conn, row.id):
                 conn.execute(update(streams).where(streams.c.id == row.id).values(deleted=True))
@@ -749,7 +730,7 @@ class Store:
     def purge_expired(self, now: datetime | None = None) -> int:
         """Remove every expired stream (keeping the data forks still read); return how many."""
         now = now or utcnow()
-        with self._reading() as conn:
+        with reading(self.engine) as conn:
             candidates = (
                 conn.execute(
                     select(streams.c.id).where(
@@ -762,7 +743,7 @@ class Store:
             )
         purged = []
         for stream_id in candidates:
-            with self._writing() as conn:
+            with writing(self.engine) as conn:
                 row = self._row_by_id(conn, stream_id)
                 if row is not None and row.path is not None and row.is_expired(now):
                     self._retire(conn, row)

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
-from ..db import WRITE_OPTION, is_sqlite
+from ..db import is_sqlite, writing
 
 SCRIPT_LOCATION = os.path.dirname(os.path.abspath(__file__))
 # Any constant will do: it names Runstream's migration lock among the database's advisory locks.
@@ -28,16 +28,13 @@ def alembic_config() -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config()
-    with engine.connect() as connection:
-        if is_sqlite(engine):
-            connection.execution_options(**{WRITE_OPTION: True})
-        with connection.begin():
-            if not is_sqlite(engine):
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-                )
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+    with writing(engine) as connection:
+        if not is_sqlite(engine):
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            )
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
 
 
 def current_revision(engine: Engine) -> str | None:
