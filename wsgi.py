@@ -4,6 +4,7 @@ One process only, unless the hub spans processes: with the embedded SQLite store
 in-process hub, readers in one worker would not hear appends made in another.
 """
 
-from app import create_app
+from app import create_app, maintenance
 
 app = create_app()
+maintenance.start(app.extensions["runstream"])

@@ -28,6 +28,23 @@ DEFAULTS: dict[str, Any] = {
     "MAX_READ_BYTES": 1024 * 1024,
     # The largest request body accepted by an append or create.
     "MAX_APPEND_BYTES": 16 * 1024 * 1024,
+    # The largest single message (chunk) of any stream, and the most a stream may hold.
+    "MAX_CHUNK_BYTES": 1024 * 1024,
+    "MAX_STREAM_BYTES": 300 * 1024 * 1024,
+    # The secret key; empty means the one in the instance folder, created on first start.
+    "SECRET_KEY": "",
+    # "disabled" turns authentication off; the server then serves loopback clients only.
+    "AUTH": "enabled",
+    # How long a public access token returned by trigger stays valid.
+    "PUBLIC_TOKEN_TTL": "1h",
+    # Run streams are deleted this many days after their last write.
+    "RUN_STREAM_RETENTION_DAYS": 28,
+    # A websocket writer silent this long no longer holds its stream open at its run's end.
+    "WRITER_TIMEOUT": 60.0,
+    # A run whose worker sent no heartbeat for this long has failed: its worker is gone.
+    "HEARTBEAT_TIMEOUT": 120.0,
+    # How often the server purges expired streams and ends abandoned runs and streams.
+    "MAINTENANCE_INTERVAL": 60.0,
 }
 
 
@@ -42,6 +59,15 @@ class Settings:
     sse_keepalive: float
     max_read_bytes: int
     max_append_bytes: int
+    max_chunk_bytes: int
+    max_stream_bytes: int
+    secret_key: str
+    auth_disabled: bool
+    public_token_ttl: str
+    run_stream_retention_seconds: int
+    writer_timeout: float
+    heartbeat_timeout: float
+    maintenance_interval: float
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], instance_path: str) -> Settings:
@@ -60,11 +86,29 @@ class Settings:
             sse_keepalive=_positive_number(config, "SSE_KEEPALIVE"),
             max_read_bytes=int(_positive_number(config, "MAX_READ_BYTES")),
             max_append_bytes=int(_positive_number(config, "MAX_APPEND_BYTES")),
+            max_chunk_bytes=int(_positive_number(config, "MAX_CHUNK_BYTES")),
+            max_stream_bytes=int(_positive_number(config, "MAX_STREAM_BYTES")),
+            secret_key=str(config["SECRET_KEY"] or ""),
+            auth_disabled=_auth_disabled(config["AUTH"]),
+            public_token_ttl=str(config["PUBLIC_TOKEN_TTL"]),
+            run_stream_retention_seconds=int(
+                _positive_number(config, "RUN_STREAM_RETENTION_DAYS") * 86400
+            ),
+            writer_timeout=_positive_number(config, "WRITER_TIMEOUT"),
+            heartbeat_timeout=_positive_number(config, "HEARTBEAT_TIMEOUT"),
+            maintenance_interval=_positive_number(config, "MAINTENANCE_INTERVAL"),
         )
 
 
 def default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "runstream.sqlite3")
+
+
+def _auth_disabled(value: Any) -> bool:
+    setting = str(value).strip().lower()
+    if setting not in {"enabled", "disabled"}:
+        raise ValueError(f"RUNSTREAM_AUTH must be enabled or disabled, not {value!r}")
+    return setting == "disabled"
 
 
 def _positive_number(config: Mapping[str, Any], key: str) -> float:

@@ -20,6 +20,10 @@ class BadRequest(StreamError):
     status = 400
 
 
+class Unauthorized(StreamError):
+    status = 401
+
+
 class Forbidden(StreamError):
     status = 403
 

@@ -19,9 +19,11 @@ from flask import Blueprint, Response, request
 
 from . import cursors, offsets, runtime
 from .content_types import DEFAULT, is_json, is_text
-from .errors import BadRequest, PayloadTooLarge, StreamError
+from .errors import BadRequest, StreamError
 from .json_messages import join_messages, split_messages
+from .run_streams import parse_stream_path
 from .store import AppendRequest, CreateRequest, ForkRequest, ProducerClaim, ReadResult, Store
+from .web import caller, read_body
 
 blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
 
@@ -92,6 +94,9 @@ def stream_headers(response: Response, next_position: int, *, closed: bool) -> N
 
 @blueprint.route("/<path:path>", methods=["PUT", "POST", "GET", "HEAD", "DELETE", "OPTIONS"])
 def stream(path: str) -> Response:
+    if request.method == "OPTIONS":
+        return preflight()
+    authorize(path)
     store = runtime().store
     match request.method:
         case "PUT":
@@ -102,11 +107,21 @@ def stream(path: str) -> Response:
             return read(store, path)
         case "HEAD":
             return head(store, path)
-        case "DELETE":
+        case _:
             store.delete(path)
             return empty_response(204)
-        case _:
-            return preflight()
+
+
+def authorize(path: str) -> None:
+    """Writes need the secret key; a run's streams may be read with a token for that run."""
+    principal = caller()
+    run_stream = parse_stream_path(path)
+    if request.method not in ("GET", "HEAD"):
+        principal.require_secret("writing or deleting a stream")
+    elif run_stream is not None:
+        principal.require_run(run_stream[0])
+    else:
+        principal.require_secret("reading a stream that belongs to no run")
 
 
 def preflight() -> Response:
@@ -127,6 +142,11 @@ def create(store: Store, path: str) -> Response:
         content_type = inherited_content_type(store, fork)
     body = read_body()
     messages = parse_messages(content_type, body, allow_empty_batch=True) if body else []
+    retention = None
+    run_stream = parse_stream_path(path)
+    if run_stream is not None:
+        runtime().run_streams.check_new_stream(*run_stream, content_type=content_type)
+        retention = runtime().settings.run_stream_retention_seconds
     result = store.create(
         path,
         CreateRequest(
@@ -134,6 +154,7 @@ def create(store: Store, path: str) -> Response:
             messages=messages,
             ttl_seconds=ttl,
             expires_at=expires_at,
+            retention_seconds=retention,
             closed=header_is_true("Stream-Closed"),
             fork=fork,
         ),
@@ -170,6 +191,9 @@ def append(store: Store, path: str) -> Response:
     messages = (
         parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
     )
+    run_stream = parse_stream_path(path)
+    if run_stream is not None:
+        runtime().run_streams.ensure(*run_stream)  # a run's stream is created by its first write
     result = store.append(
         path,
         AppendRequest(
@@ -358,21 +382,6 @@ def control_event(result: ReadResult, client_cursor: str | None) -> str:
 
 
 # -- parsing ---------------------------------------------------------------------------------
-
-
-def read_body() -> bytes:
-    """The request body, refused with 413 when it is over the limit.
-
-    The limit is checked here rather than by Flask's MAX_CONTENT_LENGTH, which cuts a chunked
-    body short at the limit without saying so.
-    """
-    limit = runtime().settings.max_append_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-    return body
 
 
 def header_is_true(name: str) -> bool:

@@ -25,9 +25,11 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        from . import create_app
+        from . import create_app, maintenance
 
-        return create_app(self.app_config)
+        app = create_app(self.app_config)
+        maintenance.start(app.extensions["runstream"])
+        return app
 
 
 def serve(config: Mapping[str, Any], *, host: str, port: int, threads: int) -> None:

@@ -270,6 +270,34 @@ class Store:
             self.hub.publish(path)
         return result
 
+    def create_if_missing(self, path: str, request: CreateRequest) -> StreamInfo:
+        """The stream at ``path``, created from ``request`` if there is none, whatever the
+        configuration of one that exists (it may have been closed since, for example)."""
+        with reading(self.engine) as conn:
+            existing = self._row(conn, path)
+            if existing is not None and not existing.deleted and not existing.is_expired(utcnow()):
+                return existing.info()
+        try:
+            return self.create(path, request).stream
+        except Conflict:
+            return self.head(path)
+
+    def streams_under(self, prefix: str) -> list[StreamInfo]:
+        """The live streams whose path starts with ``prefix``, in path order."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        now = utcnow()
+        with reading(self.engine) as conn:
+            rows = conn.execute(
+                select(*StreamRow.columns())
+                .where(streams.c.path.like(pattern, escape="\\"), streams.c.deleted.is_(False))
+                .order_by(streams.c.path)
+            ).all()
+        return [
+            stream.info()
+            for stream in (StreamRow(*row) for row in rows)
+            if not stream.is_expired(now)
+        ]
+
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
         _check_length("the stream path", path, MAX_PATH_LENGTH)
         self._check_message_sizes(request.messages)
@@ -546,7 +574,7 @@ class Store:
         if updated.rowcount == 0:
             conn.execute(
                 insert(producers).values(
-                    stream_id=stream_id, producer_id=producer_id, writing=bool(writing), **values
+                    {"writing": False, **values, "stream_id": stream_id, "producer_id": producer_id}
                 )
             )
 
@@ -613,10 +641,13 @@ class Store:
         with reading(self.engine) as conn:
             return self._live_row(conn, path, utcnow()).info()
 
-    def read(self, path: str, position: int | None, *, max_bytes: int) -> ReadResult:
+    def read(
+        self, path: str, position: int | None, *, max_bytes: int, past_tail_ok: bool = False
+    ) -> ReadResult:
         """Messages from ``position`` (None: the tail) up to about ``max_bytes``.
 
-        At least one message is returned when one exists, however large.
+        At least one message is returned when one exists, however large. A position past the
+        tail is a 400, unless ``past_tail_ok``: then there is nothing to read there *yet*.
         """
         now = utcnow()
         with reading(self.engine) as conn:
@@ -624,7 +655,7 @@ class Store:
             info = row.info()
             if position is None:
                 position = row.next_position
-            if position > row.next_position:
+            if position > row.next_position and not past_tail_ok:
                 raise BadRequest(
                     f"offset {offsets.encode(position)} is past the stream's tail "
                     f"{info.next_offset}"

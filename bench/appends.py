@@ -55,7 +55,7 @@ def local_server() -> Iterator[str]:
             port = sock.getsockname()[1]
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", str(port)],
-            env={**os.environ, "RUNSTREAM_INSTANCE_PATH": instance},
+            env={**os.environ, "RUNSTREAM_INSTANCE_PATH": instance, "RUNSTREAM_AUTH": "disabled"},
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -73,9 +73,16 @@ def local_server() -> Iterator[str]:
             process.wait()
 
 
+def client_of(url: str) -> httpx.Client:
+    """A client of the server; RUNSTREAM_SECRET_KEY authenticates it against one with auth."""
+    secret = os.environ.get("RUNSTREAM_SECRET_KEY")
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(base_url=url, headers=headers)
+
+
 def bench_appends(url: str, count: int) -> float:
     path = f"/v1/stream/bench/appends-{time.time_ns()}"
-    with httpx.Client(base_url=url) as client:
+    with client_of(url) as client:
         client.put(path, headers={"Content-Type": "application/json"}).raise_for_status()
         started = time.perf_counter()
         for seq in range(count):
@@ -99,7 +106,7 @@ def bench_appends(url: str, count: int) -> float:
 def bench_http_wakeup(url: str, samples: int) -> list[float]:
     path = f"/v1/stream/bench/wakeup-{time.time_ns()}"
     latencies: list[float] = []
-    with httpx.Client(base_url=url) as writer, httpx.Client(base_url=url) as reader:
+    with client_of(url) as writer, client_of(url) as reader:
         offset = writer.put(path, headers={"Content-Type": "application/json"}).headers[
             "Stream-Next-Offset"
         ]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,8 @@ from app.models import Base
 from app.store import Store
 
 POSTGRES_URL = os.environ.get("RUNSTREAM_TEST_DATABASE_URL")
+SECRET_KEY = "rs_sk_test-secret-key"
+AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}
 
 
 def reset_postgres(engine: Engine) -> None:
@@ -73,6 +76,10 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     instance_path: Path
 
+    def client(self, **options: Any) -> httpx.Client:
+        """An HTTP client of this server that authenticates with the secret key."""
+        return httpx.Client(base_url=self.url, headers=AUTH, timeout=10, **options)
+
     def kill(self) -> None:
         """SIGKILL the server and its worker: no shutdown code runs, as in a crash."""
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -96,6 +103,7 @@ def start_server(instance_path: Path, *, env: dict[str, str] | None = None) -> S
             **os.environ,
             "RUNSTREAM_INSTANCE_PATH": str(instance_path),
             "RUNSTREAM_LONG_POLL_TIMEOUT": "1",
+            "RUNSTREAM_SECRET_KEY": SECRET_KEY,
             **(env or {}),
         },
         stdout=subprocess.PIPE,
@@ -127,7 +135,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.client() as client:
         yield client
 
 

@@ -52,7 +52,7 @@ def test_acknowledged_appends_survive_a_crash(launch: Launch) -> None:
     """200 appends, SIGKILL right after the last 2xx, restart: each is there once, in order."""
     server = launch()
     acknowledged: list[str] = []
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.client() as client:
         assert client.put(URL, headers={"Content-Type": JSON}).status_code == 201
         for n in range(200):
             body = json.dumps({"n": n}).encode()
@@ -62,7 +62,7 @@ def test_acknowledged_appends_survive_a_crash(launch: Launch) -> None:
         server.kill()
 
     restarted = launch()
-    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+    with restarted.client() as client:
         messages, tail = read_everything(client)
         assert messages == [{"n": n} for n in range(200)]
         assert tail == acknowledged[-1]
@@ -78,7 +78,7 @@ def test_acknowledged_appends_survive_a_crash(launch: Launch) -> None:
 def test_a_producer_retry_after_a_crash_is_a_duplicate(launch: Launch) -> None:
     """The producer's last request, retried after a crash, is a 204 duplicate: stored once."""
     server = launch()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.client() as client:
         assert client.put(URL, headers={"Content-Type": JSON}).status_code == 201
         for seq in range(100):
             body = json.dumps({"seq": seq}).encode()
@@ -90,7 +90,7 @@ def test_a_producer_retry_after_a_crash_is_a_duplicate(launch: Launch) -> None:
         server.kill()
 
     restarted = launch()
-    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+    with restarted.client() as client:
         retry = client.post(
             URL, content=b'{"seq": 99}', headers={"Content-Type": JSON, **producer(99)}
         )
@@ -116,7 +116,7 @@ def test_closing_survives_a_crash(launch: Launch) -> None:
     producer's retry of that final append is still recognised."""
     server = launch()
     final = {"Content-Type": JSON, "Stream-Closed": "true", **producer(1)}
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.client() as client:
         assert client.put(URL, headers={"Content-Type": JSON}).status_code == 201
         first = client.post(URL, content=b'"first"', headers={"Content-Type": JSON, **producer(0)})
         assert first.status_code == 200
@@ -124,7 +124,7 @@ def test_closing_survives_a_crash(launch: Launch) -> None:
         server.kill()
 
     restarted = launch()
-    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+    with restarted.client() as client:
         head = client.head(URL)
         retry = client.post(URL, content=b'"last"', headers=final)
         refused = client.post(URL, content=b'"more"', headers={"Content-Type": JSON})

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, start_server
+from conftest import AUTH, ServerProcess, start_server
 
 from app import offsets
 
@@ -67,7 +67,7 @@ def long_poll_in_background(url: str, offset: str) -> Iterator[list[httpx.Respon
 
     def poll() -> None:
         params = {"offset": offset, "live": "long-poll"}
-        responses.append(httpx.get(url, params=params, timeout=10))
+        responses.append(httpx.get(url, params=params, headers=AUTH, timeout=10))
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -1006,7 +1006,7 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 @pytest.fixture
 def small_client(small_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=small_server.url, timeout=10) as client:
+    with small_server.client() as client:
         yield client
 
 

@@ -1,0 +1,131 @@
+"""A run's streams: JSON streams in the store at ``runs/<run_id>/<key>``.
+
+A run has any number of streams, keyed by name (``default`` when no key is given). Each is an
+ordinary durable stream, so the Durable Streams protocol reads and writes it at
+``/v1/stream/runs/<run_id>/<key>``; chunk *n* of a run stream is its message at position *n*.
+
+A run stream is created by its first write. It ends — it is closed, and readers get a clear end
+after the last chunk — when someone closes it, or when its run has reached a final status and no
+writer is still writing to it. A writer that vanished without saying goodbye stops counting
+after ``writer_timeout`` seconds of silence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .content_types import JSON, is_json
+from .errors import BadRequest, NotFound
+from .runs import RunRecord, Runs, check_run_id
+from .store import AppendRequest, AppendResult, CreateRequest, ProducerClaim, Store, StreamInfo
+
+DEFAULT_KEY = "default"
+PREFIX = "runs/"
+KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_key(key: str) -> str:
+    if not KEY.fullmatch(key):
+        raise BadRequest(
+            f"invalid stream key {key[:80]!r}: use up to 128 letters, digits and . _ -, "
+            "starting with a letter or digit"
+        )
+    return key
+
+
+def stream_path(run_id: str, key: str = DEFAULT_KEY) -> str:
+    return f"{PREFIX}{check_run_id(run_id)}/{check_key(key)}"
+
+
+def parse_stream_path(path: str) -> tuple[str, str] | None:
+    """The (run id, key) of a run stream's path; None for any other stream."""
+    if not path.startswith(PREFIX):
+        return None
+    run_id, _, key = path[len(PREFIX) :].partition("/")
+    return run_id, key
+
+
+class RunStreams:
+    def __init__(
+        self, store: Store, runs: Runs, *, retention_seconds: int, writer_timeout: float
+    ) -> None:
+        self.store = store
+        self.runs = runs
+        self.retention_seconds = retention_seconds
+        self.writer_timeout = writer_timeout
+        runs.on_finish(self.run_finished)
+
+    def ensure(self, run_id: str, key: str) -> StreamInfo:
+        """The run's stream, created if this is its first write; 404 if the run does not exist."""
+        path = stream_path(run_id, key)
+        self.runs.get(run_id)
+        return self.store.create_if_missing(
+            path, CreateRequest(content_type=JSON, retention_seconds=self.retention_seconds)
+        )
+
+    def check_new_stream(self, run_id: str, key: str, *, content_type: str) -> None:
+        """Refuse to create a run stream that is not a JSON stream of an existing run."""
+        stream_path(run_id, key)
+        if not is_json(content_type):
+            raise BadRequest(
+                f"a run's streams hold JSON chunks: create them as {JSON}, not {content_type!r}"
+            )
+        self.runs.get(run_id)
+
+    def streams(self, run_id: str) -> list[StreamInfo]:
+        return self.store.streams_under(f"{PREFIX}{check_run_id(run_id)}/")
+
+    # -- writers -----------------------------------------------------------------------------
+
+    def open_writer(self, run_id: str, key: str, writer_id: str) -> int:
+        """Start (or resume) a writer; returns the number of its last stored chunk, or -1."""
+        info = self.ensure(run_id, key)
+        return self.store.open_writer(info.path, writer_id)
+
+    def write(
+        self, run_id: str, key: str, writer_id: str, first_seq: int, chunks: Sequence[Any]
+    ) -> AppendResult:
+        """Append chunks numbered ``first_seq`` onwards by their writer, each exactly once."""
+        messages = [json.dumps(chunk, separators=(",", ":")).encode() for chunk in chunks]
+        return self.store.append(
+            stream_path(run_id, key),
+            AppendRequest(
+                messages=messages,
+                content_type=JSON,
+                producer=ProducerClaim(writer_id, 0, first_seq),
+                seq_per_message=True,
+            ),
+        )
+
+    def close_writer(self, run_id: str, key: str, writer_id: str) -> None:
+        """The writer is done; if its run has ended and no one else writes, the stream ends."""
+        path = stream_path(run_id, key)
+        self.store.close_writer(path, writer_id)
+        if self.runs.get(run_id).status.is_final:
+            self.store.close_unless_writing(path, writer_timeout=self.writer_timeout)
+
+    # -- the end of a run --------------------------------------------------------------------
+
+    def run_finished(self, run: RunRecord) -> None:
+        for stream in self.streams(run.id):
+            self.store.close_unless_writing(stream.path, writer_timeout=self.writer_timeout)
+
+    def close_abandoned(self) -> int:
+        """Close the open streams of ended runs whose writers have all gone; return how many."""
+        closed = 0
+        for stream in self.store.streams_under(PREFIX):
+            parsed = parse_stream_path(stream.path)
+            if stream.closed or parsed is None:
+                continue
+            try:
+                ended = self.runs.get(parsed[0]).status.is_final
+            except (NotFound, BadRequest):
+                ended = True  # a stream under runs/ whose run is gone has no one to end it
+            if ended and self.store.close_unless_writing(
+                stream.path, writer_timeout=self.writer_timeout
+            ):
+                closed += 1
+        return closed
