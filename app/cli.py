@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -73,6 +74,54 @@ def purge(database_url: str | None) -> None:
         f"deleted {report.expired_streams} expired streams, failed {report.lost_runs} runs "
         f"whose worker was lost, closed {report.closed_streams} abandoned streams"
     )
+
+
+@main.command()
+@click.option(
+    "--tasks",
+    "modules",
+    multiple=True,
+    required=True,
+    help="Module that declares tasks with @task, such as myapp.tasks; may be repeated.",
+)
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--api-url", envvar="RUNSTREAM_API_URL", help="Default: http://127.0.0.1:8787")
+@click.option("--secret-key", envvar="RUNSTREAM_SECRET_KEY", help="Default: RUNSTREAM_SECRET_KEY")
+def worker(
+    modules: tuple[str, ...], concurrency: int, api_url: str | None, secret_key: str | None
+) -> None:
+    """Run the tasks of MODULES: claim queued runs and execute them until SIGTERM."""
+    import asyncio
+    import importlib
+    import logging
+    import signal
+    import sys
+
+    from sdk import Worker, configure
+    from sdk.tasks import registered
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too many
+    sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise click.UsageError(f"cannot import {module}: {error}") from error
+    tasks = registered()
+    if not tasks:
+        raise click.UsageError(f"{', '.join(modules)} declares no task: decorate one with @task")
+    configure(api_url=api_url, secret_key=secret_key)
+
+    async def serve_tasks() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop.set)
+        await Worker(tasks, concurrency=concurrency).run(stop)
+
+    click.echo(f"worker: running {', '.join(sorted(tasks))} ({concurrency} at a time)")
+    asyncio.run(serve_tasks())
 
 
 def is_loopback_host(host: str) -> bool:

@@ -1,0 +1,256 @@
+"""The websocket engines: a writer that delivers chunks exactly once, and a reader that resumes.
+
+Both speak the frame format of docs/websocket-protocol.md and survive lost connections: the
+writer keeps every chunk until the server acknowledges it and, after reconnecting, learns from
+the server which of its chunks are stored and resends only the rest; the reader reconnects at
+the index after the last chunk it yielded. Both give up, with an error, only when the server
+refuses them (a 4xxx close code) or stays unreachable for ``give_up_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from ._config import ClientSettings
+from .errors import ApiError, RunstreamError, StreamWriteError
+
+CLOSE_NORMAL = 1000
+CLOSE_TIMEOUT = 4408
+# How long to keep trying to reach the server before a writer or reader fails.
+GIVE_UP_AFTER = 30.0
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 2.0
+# Writers gather chunks for this long before sending a frame, and never send frames larger
+# than this: fewer, larger frames are much faster.
+LINGER_SECONDS = 0.02
+MAX_FRAME_BYTES = 512 * 1024
+
+
+def _refusal(error: BaseException) -> ApiError | None:
+    """The server's refusal in a closed connection (a 4xxx code), or None if worth retrying."""
+    if isinstance(error, ConnectionClosed) and error.rcvd is not None:
+        code = error.rcvd.code
+        if 4000 <= code < 5000 and code != CLOSE_TIMEOUT:
+            return ApiError(code - 4000, error.rcvd.reason or "refused by the server")
+    return None
+
+
+class _Backoff:
+    """Delays between reconnection attempts, and the deadline after which to give up."""
+
+    def __init__(self, give_up_after: float, error_type: type[RunstreamError]) -> None:
+        self.give_up_after = give_up_after
+        self.error_type = error_type
+        self._failing_since: float | None = None
+        self._delay = FIRST_RETRY_DELAY
+
+    def succeeded(self) -> None:
+        self._failing_since = None
+        self._delay = FIRST_RETRY_DELAY
+
+    async def failed(self, error: BaseException, what: str) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since > self.give_up_after:
+            raise self.error_type(
+                f"{what}: the server was unreachable for {self.give_up_after:g} seconds "
+                f"(last error: {error!r})"
+            ) from error
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, MAX_RETRY_DELAY)
+
+
+def _connect(config: ClientSettings, path: str, access_token: str | None = None) -> Any:
+    return connect(
+        config.websocket_url + path,
+        additional_headers=config.headers(access_token),
+        proxy=None,
+        max_size=None,
+        open_timeout=10,
+    )
+
+
+def stream_route(run_id: str, key: str) -> str:
+    return f"/realtime/v2/streams/{quote(run_id, safe='')}/{quote(key, safe='')}"
+
+
+class ChunkWriter:
+    """Sends the chunks given to :meth:`write` to one run stream, each exactly once, in order.
+
+    Must be created inside a running event loop; the delivery runs as a task of that loop.
+    :meth:`close` flushes, waits for the server to acknowledge every chunk, and tells it this
+    writer is done; it raises :class:`StreamWriteError` if that could not be done.
+    """
+
+    def __init__(
+        self,
+        config: ClientSettings,
+        run_id: str,
+        key: str,
+        *,
+        give_up_after: float = GIVE_UP_AFTER,
+    ) -> None:
+        self.run_id = run_id
+        self.key = key
+        # One writer id for the writer's whole life: it is how the server recognises resends.
+        self.writer_id = f"py-{uuid.uuid4().hex}"
+        self._config = config
+        self._backoff = _Backoff(give_up_after, StreamWriteError)
+        # Chunks not yet acknowledged, as (seq, JSON text), in seq order.
+        self._unacknowledged: list[tuple[int, str]] = []
+        self._next_seq = 0
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._deliver())
+
+    def write(self, chunk: Any) -> None:
+        """Queue one JSON value. Raises TypeError at once if it cannot be encoded as JSON."""
+        if self._closing:
+            raise StreamWriteError("this writer is closed: it accepts no more chunks")
+        text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        self._unacknowledged.append((self._next_seq, text))
+        self._next_seq += 1
+        self._changed.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._changed.set()
+        await asyncio.shield(self._task)
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def _deliver(self) -> None:
+        path = stream_route(self.run_id, self.key) + "/append"
+        what = f"writing stream {self.key!r} of run {self.run_id}"
+        while True:
+            try:
+                async with _connect(self._config, path) as connection:
+                    await self._session(connection)
+                    return
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as error:
+                refusal = _refusal(error)
+                if refusal is not None:
+                    raise StreamWriteError(f"{what}: {refusal.message}") from refusal
+                await self._backoff.failed(error, what)
+
+    async def _session(self, connection: ClientConnection) -> None:
+        await connection.send(json.dumps({"type": "hello", "writer_id": self.writer_id}))
+        ready = json.loads(await connection.recv())
+        self._acknowledge(int(ready["last_seq"]))
+        self._backoff.succeeded()
+        receiving = asyncio.create_task(self._receive_acknowledgements(connection))
+        try:
+            sent_through = ready["last_seq"]
+            while True:
+                unsent = [item for item in self._unacknowledged if item[0] > sent_through]
+                if unsent:
+                    sent_through = await self._send_frames(connection, unsent)
+                    continue
+                if self._closing and not self._unacknowledged:
+                    await connection.send(json.dumps({"type": "end"}))
+                    await receiving  # until the server's "ended" and close
+                    return
+                self._changed.clear()
+                waiting = asyncio.create_task(self._changed.wait())
+                await asyncio.wait({waiting, receiving}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if receiving.done():
+                    receiving.result()  # a lost connection raises here
+                    raise ConnectionClosed(None, None)
+                if not self._closing:
+                    await asyncio.sleep(LINGER_SECONDS)  # let a burst of chunks share a frame
+        finally:
+            receiving.cancel()
+
+    async def _send_frames(self, connection: ClientConnection, items: list[tuple[int, str]]) -> int:
+        """Send the items in frames of at most MAX_FRAME_BYTES; the last seq sent."""
+        start = 0
+        while start < len(items):
+            size, end = 0, start
+            while end < len(items) and (
+                end == start or size + len(items[end][1]) < MAX_FRAME_BYTES
+            ):
+                size += len(items[end][1]) + 1
+                end += 1
+            frame = (
+                f'{{"type":"chunks","seq":{items[start][0]},"chunks":['
+                + ",".join(text for _, text in items[start:end])
+                + "]}"
+            )
+            await connection.send(frame)
+            start = end
+        return items[-1][0]
+
+    async def _receive_acknowledgements(self, connection: ClientConnection) -> None:
+        async for message in connection:
+            frame = json.loads(message)
+            if frame.get("type") == "ack":
+                self._acknowledge(int(frame["seq"]))
+                self._changed.set()
+
+    def _acknowledge(self, seq: int) -> None:
+        while self._unacknowledged and self._unacknowledged[0][0] <= seq:
+            self._unacknowledged.pop(0)
+
+
+async def read_chunks(
+    config: ClientSettings,
+    run_id: str,
+    key: str,
+    *,
+    start_index: int,
+    timeout_in_seconds: int,
+    access_token: str | None,
+    position: list[int],
+    give_up_after: float = GIVE_UP_AFTER,
+) -> AsyncIterator[Any]:
+    """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
+    for ``timeout_in_seconds``. ``position[0]`` tracks the index of the next chunk."""
+    backoff = _Backoff(give_up_after, RunstreamError)
+    what = f"reading stream {key!r} of run {run_id}"
+    position[0] = start_index
+    while True:
+        query = urlencode({"start_index": position[0], "timeout_in_seconds": timeout_in_seconds})
+        try:
+            async with _connect(
+                config, f"{stream_route(run_id, key)}?{query}", access_token
+            ) as connection:
+                backoff.succeeded()
+                async for message in connection:
+                    frame = json.loads(message)
+                    if frame.get("type") == "end":
+                        return
+                    if frame.get("type") != "chunks":
+                        continue
+                    for offset, chunk in enumerate(frame["chunks"]):
+                        index = frame["index"] + offset
+                        if index >= position[0]:
+                            position[0] = index + 1
+                            yield chunk
+                code = connection.close_code
+                if code in (CLOSE_NORMAL, CLOSE_TIMEOUT):
+                    return
+                raise ConnectionClosed(connection.close_rcvd, connection.close_sent)
+        except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as error:
+            refusal = _refusal(error)
+            if refusal is not None:
+                raise refusal from error
+            if (
+                isinstance(error, ConnectionClosed)
+                and error.rcvd is not None
+                and error.rcvd.code == CLOSE_TIMEOUT
+            ):
+                return
+            await backoff.failed(error, what)

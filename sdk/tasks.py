@@ -1,0 +1,114 @@
+"""Tasks: functions a worker runs, triggered from anywhere.
+
+    @task(id="summarize")
+    async def summarize(payload: dict, ctx: TaskContext) -> dict: ...
+
+A task function takes the run's payload and a context (``ctx.run.id``,
+``ctx.run.parent_task_run_id``, ``ctx.run.root_task_run_id``), may be ``async def`` or a plain
+``def`` (run in a thread), and returns the run's output (any JSON value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+from . import _api, _portal, runs
+from ._context import TaskContext, current_run, current_scope
+
+R = TypeVar("R")
+TaskFunction = Callable[[Any, TaskContext], Awaitable[R] | R]
+
+_registry: dict[str, Task[Any]] = {}
+
+
+@dataclass(frozen=True)
+class TriggeredRun:
+    """A run just triggered: its id, and a token that may read it (hand that to a browser)."""
+
+    id: str
+    public_access_token: str
+
+
+@dataclass(frozen=True)
+class TaskRunResult(Generic[R]):
+    """How a run that was waited for ended: ``ok`` with its ``output``, or its ``error``."""
+
+    id: str
+    ok: bool
+    output: R | None
+    error: Any
+
+    def unwrap(self) -> R:
+        if not self.ok:
+            raise RuntimeError(f"run {self.id} did not complete: {self.error}")
+        return cast(R, self.output)
+
+
+class Task(Generic[R]):
+    def __init__(self, id: str, function: TaskFunction[R]) -> None:
+        self.id = id
+        self.function = function
+
+    async def run(self, payload: Any, ctx: TaskContext) -> R:
+        """Call the task function; a plain function runs in a thread, with the run's context."""
+        if inspect.iscoroutinefunction(self.function):
+            return cast(R, await self.function(payload, ctx))
+        result = await asyncio.to_thread(self.function, payload, ctx)
+        if inspect.isawaitable(result):
+            return cast(R, await result)
+        return result
+
+    async def trigger(self, payload: Any = None) -> TriggeredRun:
+        """Queue a run. Inside a task, the new run is a child of the current run."""
+        parent = current_run()
+        answer = await _api.call(
+            "POST",
+            f"/api/v1/tasks/{self.id}/trigger",
+            {"payload": payload, "parent_run_id": parent.id if parent else None},
+        )
+        return TriggeredRun(answer["id"], answer["public_access_token"])
+
+    async def trigger_and_wait(self, payload: Any = None) -> TaskRunResult[R]:
+        """Queue a run and wait until it ends.
+
+        Inside a task, the worker running this task takes on other work while it waits, so a
+        child can run even on a worker with one slot.
+        """
+        triggered = await self.trigger(payload)
+        scope = current_scope.get()
+        if scope is not None and scope.waiting is not None:
+            scope.waiting(+1)
+        try:
+            run = await runs.wait_until_finished(triggered.id)
+        finally:
+            if scope is not None and scope.waiting is not None:
+                scope.waiting(-1)
+        return TaskRunResult(run.id, run.status == "COMPLETED", run.output, run.error)
+
+    def trigger_sync(self, payload: Any = None) -> TriggeredRun:
+        """:meth:`trigger`, blocking: for code that is not async."""
+        return _portal.run(self.trigger(payload))
+
+    def trigger_and_wait_sync(self, payload: Any = None) -> TaskRunResult[R]:
+        """:meth:`trigger_and_wait`, blocking: for code that is not async."""
+        return _portal.run(self.trigger_and_wait(payload))
+
+
+def task(*, id: str) -> Callable[[TaskFunction[R]], Task[R]]:
+    """Declare a task; a worker started with this module runs its runs."""
+
+    def declare(function: TaskFunction[R]) -> Task[R]:
+        declared = Task(id, function)
+        _registry[id] = declared
+        return declared
+
+    return declare
+
+
+def registered() -> dict[str, Task[Any]]:
+    """Every task declared so far, by id."""
+    return dict(_registry)
