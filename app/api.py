@@ -6,7 +6,6 @@ Every error is a JSON object ``{"error": "<what was wrong>"}`` with a 4xx status
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -14,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from . import runtime
 from .auth import parse_duration
 from .errors import BadRequest, StreamError
+from .json_messages import parse_strict
 from .runs import RunRecord, check_task_id
 from .web import caller, read_body
 
@@ -147,10 +147,7 @@ def json_object() -> dict[str, Any]:
     body = read_body()
     if not body:
         return {}
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BadRequest(f"the body is not valid JSON: {error}") from None
+    value = parse_strict(body)
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
     return value

@@ -8,6 +8,8 @@ JSON value is a single message.
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 from .errors import BadRequest
 
@@ -65,6 +67,32 @@ def _split(text: str) -> list[str]:
     if _skip_whitespace(text, index) != len(text):
         raise ValueError(f"unexpected data after the JSON array at character {index}")
     return messages
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text} is too large for a double")
+    return number
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def parse_strict(text: str | bytes) -> Any:
+    """Decode JSON that will be encoded again: no NaN or Infinity, no number that overflows.
+
+    Python's json module would accept both and write them back as text that is not JSON.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        value, end = _strict_decoder.raw_decode(text, _skip_whitespace(text, 0))
+        if _skip_whitespace(text, end) != len(text):
+            raise ValueError(f"unexpected data after the JSON value at character {end}")
+        return value
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BadRequest(f"not valid JSON: {error}") from None
 
 
 def join_messages(messages: list[bytes]) -> bytes:

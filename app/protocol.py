@@ -192,8 +192,8 @@ def append(store: Store, path: str) -> Response:
         parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
     )
     run_stream = parse_stream_path(path)
-    if run_stream is not None:
-        runtime().run_streams.ensure(*run_stream)  # a run's stream is created by its first write
+    # A run's stream is created by its first write (and not by one that is refused).
+    creation = runtime().run_streams.creation(*run_stream) if run_stream is not None else None
     result = store.append(
         path,
         AppendRequest(
@@ -202,6 +202,7 @@ def append(store: Store, path: str) -> Response:
             producer=claim,
             stream_seq=request.headers.get("Stream-Seq"),
             close=close,
+            create_if_missing=creation,
         ),
     )
     info = result.stream

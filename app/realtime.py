@@ -21,7 +21,8 @@ from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 
 from . import runtime
-from .errors import BadRequest, NotFound, StreamError
+from .errors import BadRequest, Gone, NotFound, StreamError
+from .json_messages import parse_strict
 from .run_streams import check_key, stream_path
 from .runs import check_run_id
 from .web import caller
@@ -119,11 +120,15 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
     path = stream_path(run_id, key)
     max_bytes = app_runtime.settings.max_read_bytes
     deadline = time.monotonic() + timeout
+    existed = False
     with store.hub.subscribe(path) as subscription:
         while ws.connected:
             try:
                 result = store.read(path, position, max_bytes=max_bytes, past_tail_ok=True)
+                existed = True
             except NotFound:
+                if existed:
+                    raise Gone(f"stream {key!r} of run {run_id} was deleted") from None
                 # The stream is created by its first write; until then there is nothing to
                 # send, and a run that has ended will never write it.
                 if runs.get(run_id).status.is_final:
@@ -213,9 +218,9 @@ def receive_frame(ws: Any, timeout: float) -> dict[str, Any] | None:
             raise ConnectionClosed(None, None)
         return None
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise BadRequest("frames must be JSON text") from None
+        frame = parse_strict(text)
+    except BadRequest as error:
+        raise BadRequest(f"frames must be JSON text; this one is {error.message}") from None
     if not isinstance(frame, dict):
         raise BadRequest("frames must be JSON objects with a type")
     return frame

@@ -58,13 +58,15 @@ class RunStreams:
         self.writer_timeout = writer_timeout
         runs.on_finish(self.run_finished)
 
-    def ensure(self, run_id: str, key: str) -> StreamInfo:
-        """The run's stream, created if this is its first write; 404 if the run does not exist."""
-        path = stream_path(run_id, key)
+    def creation(self, run_id: str, key: str) -> CreateRequest:
+        """How the run's stream is created by its first write; 404 if the run does not exist."""
+        stream_path(run_id, key)
         self.runs.get(run_id)
-        return self.store.create_if_missing(
-            path, CreateRequest(content_type=JSON, retention_seconds=self.retention_seconds)
-        )
+        return CreateRequest(content_type=JSON, retention_seconds=self.retention_seconds)
+
+    def ensure(self, run_id: str, key: str) -> StreamInfo:
+        """The run's stream, created now if it does not exist yet."""
+        return self.store.create_if_missing(stream_path(run_id, key), self.creation(run_id, key))
 
     def check_new_stream(self, run_id: str, key: str, *, content_type: str) -> None:
         """Refuse to create a run stream that is not a JSON stream of an existing run."""

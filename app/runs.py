@@ -268,12 +268,15 @@ class Runs:
         cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
         failed = []
         with writing(self.engine) as conn:
-            lost = conn.execute(
-                select(runs_table.c.id).where(
-                    runs_table.c.status == RunStatus.EXECUTING.value,
-                    runs_table.c.heartbeat_at < cutoff,
-                )
-            ).scalars()
+            # Lock the lost runs, so that a worker completing one of them right now waits and
+            # then finds it ended, instead of both ending it.
+            query = select(runs_table.c.id).where(
+                runs_table.c.status == RunStatus.EXECUTING.value,
+                runs_table.c.heartbeat_at < cutoff,
+            )
+            if not is_sqlite(self.engine):
+                query = query.with_for_update(skip_locked=True)
+            lost = conn.execute(query).scalars()
             for run_id in list(lost):
                 error = {
                     "name": "WorkerLost",

@@ -211,6 +211,9 @@ class AppendRequest:
     seq_per_message: bool = False
     stream_seq: str | None = None
     close: bool = False
+    # Create the stream with this configuration if it does not exist, in the append's own
+    # transaction: an append that is refused creates nothing.
+    create_if_missing: CreateRequest | None = None
 
     @property
     def producer_count(self) -> int:
@@ -321,36 +324,48 @@ class Store:
                 if not existing.is_expired(now):
                     self._check_same_config(conn, existing, request)
                     return CreateResult(created=False, stream=existing.info())
-                self._retire(conn, existing)
-
-            values: dict[str, Any] = {
-                "path": path,
-                "content_type": request.content_type,
-                "created_at": now,
-                "touched_at": now,
-                "written_at": now,
-                "ttl_seconds": request.ttl_seconds,
-                "expires_at": request.expires_at,
-                "retention_seconds": request.retention_seconds,
-                "closed": request.closed,
-            }
-            own_messages = list(request.messages)
-            if request.fork is not None:
-                fork_values, inherited_tail = self._fork_values(conn, request)
-                values.update(fork_values)
-                own_messages = inherited_tail + own_messages
-            start = values.get("fork_position", 0)
-            values["next_position"] = start + len(own_messages)
-            values["total_bytes"] = values.pop("inherited_bytes", 0) + sum(
-                len(message) for message in own_messages
-            )
-            self._check_size(values["total_bytes"])
-            stream_id = conn.execute(
-                insert(streams).values(values).returning(streams.c.id)
-            ).scalar_one()
-            self._insert_messages(conn, stream_id, start, own_messages, now)
-            row = self._row_by_id(conn, stream_id)
+            row = self._insert_stream(conn, path, request, now, replacing=existing)
         return CreateResult(created=True, stream=row.info())
+
+    def _insert_stream(
+        self,
+        conn: Connection,
+        path: str,
+        request: CreateRequest,
+        now: datetime,
+        *,
+        replacing: StreamRow | None,
+    ) -> StreamRow:
+        """Insert a new stream at ``path``, retiring the expired one it replaces."""
+        if replacing is not None:
+            self._retire(conn, replacing)
+        values: dict[str, Any] = {
+            "path": path,
+            "content_type": request.content_type,
+            "created_at": now,
+            "touched_at": now,
+            "written_at": now,
+            "ttl_seconds": request.ttl_seconds,
+            "expires_at": request.expires_at,
+            "retention_seconds": request.retention_seconds,
+            "closed": request.closed,
+        }
+        own_messages = list(request.messages)
+        if request.fork is not None:
+            fork_values, inherited_tail = self._fork_values(conn, request)
+            values.update(fork_values)
+            own_messages = inherited_tail + own_messages
+        start = values.get("fork_position", 0)
+        values["next_position"] = start + len(own_messages)
+        values["total_bytes"] = values.pop("inherited_bytes", 0) + sum(
+            len(message) for message in own_messages
+        )
+        self._check_size(values["total_bytes"])
+        stream_id = conn.execute(
+            insert(streams).values(values).returning(streams.c.id)
+        ).scalar_one()
+        self._insert_messages(conn, stream_id, start, own_messages, now)
+        return self._row_by_id(conn, stream_id)
 
     def _check_same_config(self, conn: Connection, row: StreamRow, request: CreateRequest) -> None:
         """Raise Conflict unless repeating ``request`` would create the stream ``row`` is."""
@@ -478,7 +493,11 @@ class Store:
         claim = request.producer
         messages = request.messages
         with writing(self.engine) as conn:
-            row = self._live_row(conn, path, now, lock=True)
+            row = self._row(conn, path, lock=True)
+            creation = request.create_if_missing
+            if creation is not None and (row is None or (row.is_expired(now) and not row.deleted)):
+                row = self._insert_stream(conn, path, creation, now, replacing=row)
+            row = _require_live(row, path, now)
             if row.ttl_seconds is not None:
                 # Every write request is activity, even one that turns out to change nothing.
                 conn.execute(update(streams).where(streams.c.id == row.id).values(touched_at=now))
@@ -766,7 +785,9 @@ class Store:
                 conn.execute(
                     select(streams.c.id).where(
                         streams.c.path.is_not(None),
-                        (streams.c.ttl_seconds.is_not(None)) | (streams.c.expires_at.is_not(None)),
+                        streams.c.ttl_seconds.is_not(None)
+                        | streams.c.expires_at.is_not(None)
+                        | streams.c.retention_seconds.is_not(None),
                     )
                 )
                 .scalars()
@@ -832,12 +853,7 @@ class Store:
         self, conn: Connection, path: str, now: datetime, *, lock: bool = False
     ) -> StreamRow:
         """The stream at ``path`` for a request: 404 if absent or expired, 410 if deleted."""
-        row = self._row(conn, path, lock=lock)
-        if row is None or row.is_expired(now):
-            raise NotFound(f"stream {path!r} does not exist")
-        if row.deleted:
-            raise Gone(f"stream {path!r} has been deleted")
-        return row
+        return _require_live(self._row(conn, path, lock=lock), path, now)
 
     def _insert_messages(
         self,
@@ -916,6 +932,14 @@ def _check_producer(claim: ProducerClaim, state: ProducerState | None, count: in
             },
         )
     return state.last_seq + 1 - claim.seq
+
+
+def _require_live(row: StreamRow | None, path: str, now: datetime) -> StreamRow:
+    if row is None or row.is_expired(now):
+        raise NotFound(f"stream {path!r} does not exist")
+    if row.deleted:
+        raise Gone(f"stream {path!r} has been deleted")
+    return row
 
 
 def _check_length(what: str, value: str, limit: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import struct
@@ -67,7 +68,9 @@ def complete(client: httpx.Client, run_id: str, task_id: str, output: Any = None
     )
     assert claimed.status_code == 200, claimed.text
     assert [run["id"] for run in claimed.json()["runs"]] == [run_id]
-    done = client.post(f"/api/v1/runs/{run_id}/complete", json={"worker_id": worker, "output": output})
+    done = client.post(
+        f"/api/v1/runs/{run_id}/complete", json={"worker_id": worker, "output": output}
+    )
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "COMPLETED"
 
@@ -157,7 +160,10 @@ class Writer:
         writer_id: str,
         headers: Headers | None = AUTH,
     ) -> None:
-        self.ws = open_ws(ws_url(server, run_id, key, append=True), headers)
+        self._connection = contextlib.ExitStack()
+        self.ws = self._connection.enter_context(
+            open_ws(ws_url(server, run_id, key, append=True), headers)
+        )
         self.ws.send(json.dumps({"type": "hello", "writer_id": writer_id}))
         ready = self.receive()
         assert ready["type"] == "ready", ready
@@ -167,7 +173,7 @@ class Writer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.ws.close()
+        self._connection.close()
 
     def receive(self) -> dict[str, Any]:
         frame: dict[str, Any] = json.loads(self.ws.recv(timeout=RECV_TIMEOUT))
@@ -237,12 +243,6 @@ def stream_details(client: httpx.Client, run_id: str) -> dict[str, dict[str, Any
 
 def post_json(client: httpx.Client, url: str, body: Any, **options: Any) -> httpx.Response:
     return client.post(url, content=json.dumps(body), headers={"Content-Type": JSON}, **options)
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 @pytest.fixture
@@ -359,8 +359,10 @@ def test_a_writer_cut_off_mid_stream_resumes_without_duplicates_or_gaps(
         assert 9 <= again.last_seq < 250
         assert stored(client, run_id, "out") == chunks[: again.last_seq + 1]
         first = again.last_seq + 1 if resend_from == "last_seq + 1" else again.last_seq // 2
+        highest = again.last_seq
         for seq in range(first, len(chunks), 25):
-            assert again.write(seq, chunks[seq : seq + 25]) == min(seq + 25, len(chunks)) - 1
+            highest = max(highest, min(seq + 25, len(chunks)) - 1)
+            assert again.write(seq, chunks[seq : seq + 25]) == highest
         again.end()
 
     assert stored(client, run_id, "out") == chunks
@@ -425,7 +427,11 @@ def test_a_malformed_frame_is_4400_with_a_reason(
 
 @pytest.mark.parametrize(
     "hello",
-    [{"type": "chunks", "seq": 0, "chunks": [1]}, {"type": "hello"}, {"type": "hello", "writer_id": ""}],
+    [
+        {"type": "chunks", "seq": 0, "chunks": [1]},
+        {"type": "hello"},
+        {"type": "hello", "writer_id": ""},
+    ],
 )
 def test_a_writer_must_say_hello_with_a_writer_id(
     server: ServerProcess, client: httpx.Client, hello: dict[str, Any]
@@ -441,11 +447,22 @@ def test_a_writer_must_say_hello_with_a_writer_id(
     assert "k" not in stream_details(client, run_id)
 
 
-@pytest.mark.xfail(
-    reason="a chunks frame holding NaN (not JSON) is accepted: the server parses frames with "
-    "Python's lenient json.loads and stores the text NaN, so readers get invalid JSON",
-    strict=True,
-)
+def test_a_chunk_too_large_for_a_double_keeps_the_stream_valid_json(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Whatever numbers a frame holds, what readers get back is valid JSON."""
+    run_id, _ = trigger(client, unique("huge"))
+
+    with Writer(server, run_id, "k", "w") as writer:
+        writer.write(0, ["kept"])
+        writer.ws.send('{"type": "chunks", "seq": 1, "chunks": [1e400]}')
+        with contextlib.suppress(ConnectionClosed):
+            writer.receive()
+
+    response = client.get(stream_url(run_id, "k"), params={"offset": "-1"})
+    assert "Infinity" not in response.text
+
+
 def test_a_frame_with_a_non_json_constant_is_4400_and_stores_nothing(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -455,11 +472,16 @@ def test_a_frame_with_a_non_json_constant_is_4400_and_stores_nothing(
 
     with Writer(server, run_id, "k", "w") as writer:
         writer.write(0, ["kept"])
-        code, _ = writer.refused('{"type": "chunks", "seq": 1, "chunks": [NaN, Infinity]}')
+        writer.ws.send('{"type": "chunks", "seq": 1, "chunks": [NaN, Infinity]}')
+        answer = None
+        with contextlib.suppress(ConnectionClosed):
+            answer = writer.receive()  # an ack if the frame was stored
+        code = wait_closed(writer.ws)[0] if answer is None else None
 
     response = client.get(stream_url(run_id, "k"), params={"offset": "-1"})
-    assert json.loads(response.text, parse_constant=lambda name: pytest.fail(name)) == ["kept"]
+    assert answer is None
     assert code == 4400
+    assert response.text == '["kept"]'
 
 
 # -- readers ---------------------------------------------------------------------------------
@@ -655,6 +677,22 @@ def test_a_writer_of_an_ended_stream_is_4409(server: ServerProcess, client: http
     assert stored(client, run_id, "k") == ["done"]
 
 
+def test_a_reader_of_a_deleted_stream_is_closed_with_4410(
+    server: ServerProcess, client: httpx.Client, background: ThreadPoolExecutor
+) -> None:
+    """The close codes say 4410 means the stream was deleted."""
+    run_id, _ = trigger(client, unique("deleted"))
+    with Writer(server, run_id, "k", "w") as writer:
+        writer.write(0, ["a"])
+    reading = read_in_background(background, server, run_id, "k", timeout_in_seconds=2)
+
+    assert client.delete(stream_url(run_id, "k")).status_code == 204
+
+    result = reading.result(timeout=RECV_TIMEOUT)
+    assert result.chunks == [(0, "a")]
+    assert result.code == 4410
+
+
 # -- reader timeouts -------------------------------------------------------------------------
 
 
@@ -712,7 +750,9 @@ def refusals(
     API, the stream over HTTP, and the run list."""
     ws_read = read(server, run_id, "k", headers, timeout_in_seconds=1)
     assert ws_read.chunks == []
-    ws_append = append_refused(server, run_id, "k", headers, {"type": "chunks", "seq": 9, "chunks": [0]})[0]
+    ws_append = append_refused(
+        server, run_id, "k", headers, {"type": "chunks", "seq": 9, "chunks": [0]}
+    )[0]
     with httpx.Client(base_url=server.url, headers=headers, timeout=10) as http:
         return (
             ws_read.code,
@@ -776,9 +816,9 @@ def test_a_token_for_one_run_cannot_read_another(
     code_b, _, api_b, http_b, listing = refusals(server, run_b, bearer(token_a))
 
     assert (code_b, api_b, http_b, listing) == (4403, 403, 403, 403)
-    own = read(server, run_a, "k", bearer(token_a), timeout_in_seconds=1)
+    own = read(server, run_a, "k", bearer(token_a), stop_after=1)
     assert own.values == ["secret"]
-    by_query = read(server, run_a, "k", None, timeout_in_seconds=1, token=token_a)
+    by_query = read(server, run_a, "k", None, stop_after=1, token=token_a)
     assert by_query.values == ["secret"]
     by_query_b = read(server, run_b, "k", None, timeout_in_seconds=1, token=token_a)
     assert (by_query_b.values, by_query_b.code) == ([], 4403)
@@ -798,7 +838,10 @@ def test_a_token_cannot_write(
         assert reason is not None and "secret key" in reason
         with httpx.Client(base_url=server.url, headers=bearer(credential), timeout=10) as http:
             assert post_json(http, stream_url(run_id, "k"), ["forged"]).status_code == 403
-            assert http.put(stream_url(run_id, "new"), headers={"Content-Type": JSON}).status_code == 403
+            assert (
+                http.put(stream_url(run_id, "new"), headers={"Content-Type": JSON}).status_code
+                == 403
+            )
             assert http.delete(stream_url(run_id, "k")).status_code == 403
             assert http.post("/api/v1/tasks/t/trigger", json={}).status_code == 403
             assert http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 403
@@ -820,7 +863,7 @@ def test_a_read_all_token_reads_any_run_and_lists_runs(
     assert minted.status_code == 201
     headers = bearer(minted.json()["token"])
 
-    reading = read(server, run_id, "k", headers, timeout_in_seconds=1)
+    reading = read(server, run_id, "k", headers, stop_after=1)
     with httpx.Client(base_url=server.url, headers=headers, timeout=10) as http:
         run = http.get(f"/api/v1/runs/{run_id}")
         stream = http.get(stream_url(run_id, "k"), params={"offset": "-1"})
@@ -842,7 +885,9 @@ def test_the_token_returned_by_trigger_reads_its_run(
         run = http.get(f"/api/v1/runs/{run_id}")
         stream = http.get(stream_url(run_id, "k"), params={"offset": "-1"})
     by_query = client.get(
-        stream_url(run_id, "k"), params={"offset": "-1", "token": token}, headers={"Authorization": ""}
+        stream_url(run_id, "k"),
+        params={"offset": "-1", "token": token},
+        headers={"Authorization": ""},
     )
 
     assert run.status_code == 200
@@ -882,8 +927,10 @@ def test_a_minted_token_for_one_run_reads_only_that_run(
     )
     assert minted.status_code == 201
 
-    reading = read(server, run_id, "k", None, timeout_in_seconds=1, token=minted.json()["token"])
-    with httpx.Client(base_url=server.url, headers=bearer(minted.json()["token"]), timeout=10) as http:
+    reading = read(server, run_id, "k", None, stop_after=1, token=minted.json()["token"])
+    with httpx.Client(
+        base_url=server.url, headers=bearer(minted.json()["token"]), timeout=10
+    ) as http:
         listing = http.get("/api/v1/runs")
 
     assert reading.values == ["secret"]
@@ -915,6 +962,100 @@ def test_with_auth_disabled_loopback_clients_need_no_credential(
         assert stored(anonymous, run_id, "k") == ["open", "data"]
         assert listing.status_code == 200
         assert [run["id"] for run in listing.json()["data"]] == [run_id]
+
+
+# -- writers that vanish, workers that vanish -----------------------------------------------
+
+WRITER_TIMEOUT = 2  # RUNSTREAM_WRITER_TIMEOUT of the housekeeping_server fixture
+HEARTBEAT_TIMEOUT = 1  # RUNSTREAM_HEARTBEAT_TIMEOUT of the housekeeping_server fixture
+
+
+@pytest.fixture(scope="module")
+def housekeeping_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose maintenance runs often, with short writer and heartbeat timeouts."""
+    server = start_server(
+        tmp_path_factory.mktemp("housekeeping"),
+        env={
+            "RUNSTREAM_WRITER_TIMEOUT": str(WRITER_TIMEOUT),
+            "RUNSTREAM_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "RUNSTREAM_MAINTENANCE_INTERVAL": "0.2",
+        },
+    )
+    yield server
+    server.stop()
+
+
+def test_a_stream_whose_writer_vanished_ends_after_the_writer_timeout(
+    housekeeping_server: ServerProcess, background: ThreadPoolExecutor
+) -> None:
+    """A writer cut off without end holds its stream open at the run's end only until it has
+    been silent for RUNSTREAM_WRITER_TIMEOUT; then readers get the end."""
+    server = housekeeping_server
+    with server.client() as client:
+        task = unique("vanish")
+        run_id, _ = trigger(client, task)
+        writer = Writer(server, run_id, "k", "gone")
+        assert writer.write(0, ["a", "b"]) == 1
+        writer.cut_off()
+        reading = read_in_background(background, server, run_id, "k")
+
+        complete(client, run_id, task)
+        assert stream_details(client, run_id)["k"]["closed"] is False
+
+        result = reading.result(timeout=RECV_TIMEOUT)
+        assert result.chunks == [(0, "a"), (1, "b")]
+        assert result.end == {"type": "end", "next_index": 2}
+        assert stream_details(client, run_id)["k"]["closed"] is True
+
+
+def test_a_connected_quiet_writer_keeps_its_stream_open(
+    housekeeping_server: ServerProcess, background: ThreadPoolExecutor
+) -> None:
+    """A writer that stays connected counts as writing even when it sends nothing for longer
+    than the writer timeout: the stream ends only when it says end."""
+    server = housekeeping_server
+    with server.client() as client:
+        task = unique("quiet")
+        run_id, _ = trigger(client, task)
+        with Writer(server, run_id, "k", "quiet") as writer:
+            writer.write(0, ["a"])
+            reading = read_in_background(background, server, run_id, "k")
+            complete(client, run_id, task)
+            time.sleep(WRITER_TIMEOUT + 0.5)
+            assert not reading.done()
+            assert stream_details(client, run_id)["k"]["closed"] is False
+            assert writer.write(1, ["b"]) == 1
+            writer.end()
+
+        result = reading.result(timeout=RECV_TIMEOUT)
+        assert result.values == ["a", "b"]
+        assert result.end == {"type": "end", "next_index": 2}
+
+
+def test_a_run_whose_worker_stops_heartbeating_fails_and_its_streams_end(
+    housekeeping_server: ServerProcess, background: ThreadPoolExecutor
+) -> None:
+    server = housekeeping_server
+    with server.client() as client:
+        task = unique("lost")
+        run_id, _ = trigger(client, task)
+        claimed = client.post("/api/v1/runs/claim", json={"worker_id": "w", "task_ids": [task]})
+        assert [run["id"] for run in claimed.json()["runs"]] == [run_id]
+        with Writer(server, run_id, "k", "w") as writer:
+            writer.write(0, ["partial"])
+            writer.end()
+        reading = read_in_background(background, server, run_id, "k")
+
+        result = reading.result(timeout=RECV_TIMEOUT)
+        run = client.get(f"/api/v1/runs/{run_id}").json()
+        late_heartbeat = client.post(f"/api/v1/runs/{run_id}/heartbeat", json={"worker_id": "w"})
+
+    assert result.values == ["partial"]
+    assert result.end == {"type": "end", "next_index": 1}
+    assert run["status"] == "FAILED"
+    assert run["error"]["name"] == "WorkerLost"
+    assert late_heartbeat.status_code == 200
+    assert late_heartbeat.json()["status"] == "FAILED"
 
 
 # -- limits and bad requests -----------------------------------------------------------------
@@ -978,11 +1119,6 @@ def test_a_chunk_over_the_limit_over_http_is_413_and_stores_nothing(
     assert stored(limited_client, run_id, "k") == ["small"]
 
 
-@pytest.mark.xfail(
-    reason="POST /v1/stream/runs/<run>/<key> creates the run stream before the append is "
-    "checked, so a refused first write (413) leaves an empty stream behind",
-    strict=True,
-)
 def test_a_refused_first_write_over_http_creates_no_stream(
     limited_client: httpx.Client,
 ) -> None:
@@ -1017,7 +1153,11 @@ def test_a_stream_over_its_size_limit_is_4413_and_413(
 
 @pytest.mark.parametrize(
     ("key", "message"),
-    [("has space", "invalid stream key"), ("k" * 200, "invalid stream key"), ("-dash", "invalid stream key")],
+    [
+        ("has space", "invalid stream key"),
+        ("k" * 200, "invalid stream key"),
+        ("-dash", "invalid stream key"),
+    ],
 )
 def test_a_bad_stream_key_is_4400_and_400(
     server: ServerProcess, client: httpx.Client, key: str, message: str
@@ -1088,7 +1228,7 @@ def test_run_streams_over_the_durable_streams_protocol(
         writer.write(0, ["d"])
 
     assert stored(client, run_id, "events") == [{"a": 1}, 2, "three", {"four": 4}]
-    assert read(server, run_id, "events", timeout_in_seconds=1).values == [
+    assert read(server, run_id, "events", stop_after=4).values == [
         {"a": 1},
         2,
         "three",
@@ -1122,9 +1262,10 @@ def test_a_run_stream_must_be_json(client: httpx.Client) -> None:
 RETENTION_ENV = {"RUNSTREAM_RUN_STREAM_RETENTION_DAYS": "0.00002"}  # 1.728 s, stored as 1 s
 
 
-@pytest.fixture
-def retention_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path / "retention", env=RETENTION_ENV)
+@pytest.fixture(scope="module")
+def retention_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose run streams expire about a second after their last write."""
+    server = start_server(tmp_path_factory.mktemp("retention"), env=RETENTION_ENV)
     yield server
     server.stop()
 
@@ -1148,7 +1289,9 @@ def purge(instance_path: Path) -> subprocess.CompletedProcess[str]:
 
 def stream_rows(instance_path: Path, path: str) -> int:
     with contextlib.closing(sqlite3.connect(instance_path / "runstream.sqlite3")) as db:
-        count: int = db.execute("SELECT count(*) FROM streams WHERE path = ?", (path,)).fetchone()[0]
+        count: int = db.execute("SELECT count(*) FROM streams WHERE path = ?", (path,)).fetchone()[
+            0
+        ]
         return count
 
 
@@ -1171,12 +1314,6 @@ def test_a_run_stream_past_its_retention_reads_as_404(retention_server: ServerPr
     assert after_rewrite == ["new"]
 
 
-@pytest.mark.xfail(
-    reason="runstream purge never deletes expired run streams: Store.purge_expired only "
-    "considers streams with a TTL or Expires-At, not those with a retention after last write; "
-    "it prints 'deleted 0 expired streams' and the rows stay",
-    strict=True,
-)
 def test_purge_deletes_expired_run_streams(retention_server: ServerProcess) -> None:
     with retention_server.client() as client:
         run_id, _ = trigger(client, unique("purge"))
@@ -1188,6 +1325,7 @@ def test_purge_deletes_expired_run_streams(retention_server: ServerProcess) -> N
     result = purge(retention_server.instance_path)
 
     assert result.returncode == 0, result.stderr
-    assert "failed 0 runs whose worker was lost" in result.stdout
+    # Other tests on this server leave expired streams too: this one is among those deleted.
+    deleted = re.search(r"deleted (\d+) expired streams", result.stdout)
+    assert deleted is not None and int(deleted.group(1)) >= 1, result.stdout
     assert stream_rows(retention_server.instance_path, path) == 0
-    assert "deleted 1 expired streams" in result.stdout

@@ -5,15 +5,19 @@ Every test runs on SQLite and, when RUNSTREAM_TEST_DATABASE_URL is set, on Postg
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from app.db import is_sqlite
 from app.errors import BadRequest, Conflict, NotFound
 from app.runs import RunRecord, Runs, RunStatus
 
@@ -297,6 +301,47 @@ def test_fail_lost_runs_fails_executing_runs_with_stale_heartbeats(runs: Runs) -
     assert runs.get(fresh.id).status is RunStatus.EXECUTING
     assert runs.get(queued.id).status is RunStatus.QUEUED
     assert runs.fail_lost_runs(0.2) == []
+
+
+def test_a_run_completed_during_the_lost_run_sweep_is_announced_once(
+    engine: Engine, runs: Runs, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The worker completes its run just as fail_lost_runs has picked it as lost: the run ends
+    once, with one status, and listeners hear of it once.
+
+    The interleaving is forced by completing the run from another thread at the moment the
+    sweep is about to mark it failed (between its SELECT and its UPDATE).
+    """
+    if is_sqlite(engine):
+        pytest.skip("SQLite has one writer at a time: the sweep and the completion cannot overlap")
+    heard: list[RunStatus] = []
+    runs.on_finish(lambda run: heard.append(run.status))
+    run = claim_one(runs, "race")
+    time.sleep(0.2)
+    set_final = runs._set_final
+    pool = ThreadPoolExecutor(1)
+    completion: list[Future[RunRecord]] = []
+
+    def complete_first(conn: Connection, run_id: str, status: RunStatus, **values: Any) -> Any:
+        if not completion:
+            completion.append(pool.submit(runs.complete, run_id, "worker-1", "done"))
+            # If the sweep holds the run's row lock, the completion waits for it: go on.
+            with contextlib.suppress(FutureTimeout):
+                completion[0].result(timeout=2)
+        return set_final(conn, run_id, status, **values)
+
+    monkeypatch.setattr(runs, "_set_final", complete_first)
+    try:
+        runs.fail_lost_runs(0.1)
+    finally:
+        pool.shutdown(wait=True)
+
+    final = runs.get(run.id).status
+    assert heard == [final]
+    if final is RunStatus.COMPLETED:
+        assert completion[0].result().status is RunStatus.COMPLETED
+    else:
+        assert isinstance(completion[0].exception(), Conflict)
 
 
 # -- listing ---------------------------------------------------------------------------------
