@@ -21,9 +21,9 @@ from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 
 from . import runtime
-from .errors import BadRequest, Gone, NotFound, StreamError
+from .errors import BadRequest, StreamError
 from .json_messages import parse_strict
-from .run_streams import check_key, stream_path
+from .run_streams import RunStreamCursor, check_key
 from .runs import check_run_id
 from .web import caller
 
@@ -115,34 +115,21 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
         raise BadRequest(f"timeout_in_seconds must be from 1 to {MAX_READ_TIMEOUT}, not {timeout}")
 
     app_runtime = runtime()
-    store, runs = app_runtime.store, app_runtime.runs
-    runs.get(run_id)
-    path = stream_path(run_id, key)
-    max_bytes = app_runtime.settings.max_read_bytes
+    cursor = RunStreamCursor(
+        app_runtime.run_streams, run_id, key, position, app_runtime.settings.max_read_bytes
+    )
     deadline = time.monotonic() + timeout
-    existed = False
-    with store.hub.subscribe(path) as subscription:
+    with app_runtime.hub.subscribe(cursor.path) as subscription:
         while ws.connected:
-            try:
-                result = store.read(path, position, max_bytes=max_bytes, past_tail_ok=True)
-                existed = True
-            except NotFound:
-                if existed:
-                    raise Gone(f"stream {key!r} of run {run_id} was deleted") from None
-                # The stream is created by its first write; until then there is nothing to
-                # send, and a run that has ended will never write it.
-                if runs.get(run_id).status.is_final:
-                    end(ws, position)
-                    return
-                result = None
-            if result is not None and result.messages:
-                ws.send(chunks_frame(position, result.messages))
-                position = result.next_position
+            step = cursor.step()
+            if step.chunks:
+                ws.send(chunks_frame(step.index, step.chunks))
                 deadline = time.monotonic() + timeout
-                continue
-            if result is not None and result.reached_end:
-                end(ws, position)
+            if step.ended:
+                end(ws, cursor.position)
                 return
+            if step.chunks:
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Closing(CLOSE_TIMEOUT, f"no data for {timeout} seconds")

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .content_types import JSON, is_json
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Gone, NotFound
 from .runs import RunRecord, Runs, check_run_id
 from .store import AppendRequest, AppendResult, CreateRequest, ProducerClaim, Store, StreamInfo
 
@@ -46,6 +47,53 @@ def parse_stream_path(path: str) -> tuple[str, str] | None:
         return None
     run_id, _, key = path[len(PREFIX) :].partition("/")
     return run_id, key
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a reader of a run stream gets in one step."""
+
+    index: int  # the index of the first of ``chunks``
+    chunks: list[bytes]  # each chunk's JSON text
+    ended: bool  # the stream has ended: no chunk will ever follow
+
+
+class RunStreamCursor:
+    """Reads one run stream, step by step, from a chunk index on.
+
+    The logic every live reader shares (websocket endpoint, in-process hook): a stream that
+    does not exist yet is empty until its first write, unless its run has ended; a stream that
+    existed and vanished was deleted. Between steps that found nothing, the reader waits on
+    the hub topic :attr:`path` in whatever way suits it (a thread, an event loop).
+    """
+
+    def __init__(
+        self, run_streams: RunStreams, run_id: str, key: str, position: int, max_bytes: int
+    ) -> None:
+        self.path = stream_path(run_id, key)
+        self.position = position
+        self._run_streams = run_streams
+        self._run_id = run_id
+        self._key = key
+        self._max_bytes = max_bytes
+        self._existed = False
+        run_streams.runs.get(run_id)  # 404 for a run that does not exist
+
+    def step(self) -> Step:
+        """The chunks stored from :attr:`position` on (possibly none), and whether it ended."""
+        try:
+            result = self._run_streams.store.read(
+                self.path, self.position, max_bytes=self._max_bytes, past_tail_ok=True
+            )
+        except NotFound:
+            if self._existed:
+                raise Gone(f"stream {self._key!r} of run {self._run_id} was deleted") from None
+            ended = self._run_streams.runs.get(self._run_id).status.is_final
+            return Step(self.position, [], ended)
+        self._existed = True
+        index = self.position
+        self.position = result.next_position
+        return Step(index, result.messages, result.reached_end)
 
 
 class RunStreams:
