@@ -10,6 +10,7 @@ implements :meth:`Hub.publish` by broadcasting, and hands what it receives to :m
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -52,6 +53,10 @@ class Hub(ABC):
     def subscribe(self, topic: str) -> Subscription:
         return Subscription(self, topic)
 
+    def subscribe_async(self, topic: str) -> AsyncSubscription:
+        """A subscription that an asyncio task awaits; create it inside the running loop."""
+        return AsyncSubscription(self, topic)
+
     def listener_count(self) -> int:
         with self._lock:
             return sum(len(listeners) for listeners in self._listeners.values())
@@ -92,6 +97,48 @@ class Subscription:
         return self
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncSubscription:
+    """An asyncio reader's registration for one topic. Use it as an async context manager.
+
+    Publishes arrive on whatever thread committed; they are handed to the subscriber's event
+    loop with ``call_soon_threadsafe``, the one safe way into a loop from another thread.
+    """
+
+    def __init__(self, hub: Hub, topic: str) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        hub.add_listener(topic, self._notify)
+
+    def _notify(self) -> None:
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until the topic is published or ``timeout`` seconds pass; True if published."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._changed.clear()
+
+    def close(self) -> None:
+        self._hub.remove_listener(self._topic, self._notify)
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,

@@ -214,10 +214,12 @@ async def read_chunks(
     timeout_in_seconds: int,
     access_token: str | None,
     position: list[int],
+    ended: list[bool] | None = None,
     give_up_after: float = GIVE_UP_AFTER,
 ) -> AsyncIterator[Any]:
     """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
-    for ``timeout_in_seconds``. ``position[0]`` tracks the index of the next chunk."""
+    for ``timeout_in_seconds``. ``position[0]`` tracks the index of the next chunk;
+    ``ended[0]`` becomes True if the stream ended (rather than the wait timing out)."""
     backoff = _Backoff(give_up_after, RunstreamError)
     what = f"reading stream {key!r} of run {run_id}"
     position[0] = start_index
@@ -231,6 +233,8 @@ async def read_chunks(
                 async for message in connection:
                     frame = json.loads(message)
                     if frame.get("type") == "end":
+                        if ended is not None:
+                            ended[0] = True
                         return
                     if frame.get("type") != "chunks":
                         continue

@@ -1,0 +1,212 @@
+"""``use_realtime_stream``: a ReactPy hook that shows a run's stream as it grows.
+
+    result = use_realtime_stream(run_id, "ai-stream", throttle_in_ms=50)
+    result.parts        # the chunks so far (None before the first), a new list on each update
+    result.error        # what went wrong, or None
+    result.is_complete  # the stream has ended
+    result.stop()       # stop reading
+
+Inside the Runstream server the hook reads in-process, from the store and the hub; given
+``base_url`` (another Runstream server) it reads through the SDK's websocket reader with
+``access_token``.
+
+Chunks arrive in bursts; ``on_data`` is called once per chunk, in order, as each arrives, while
+``parts`` is updated at most once per ``throttle_in_ms`` with every chunk that arrived since the
+last update. Turning ``enabled`` off and on again resumes where the read stopped, without
+repeating a part; a new run id or key starts over with fresh parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from flask import current_app, has_app_context
+from reactpy import use_effect, use_ref, use_state
+
+from app import Runtime
+from app.run_streams import RunStreamCursor
+from sdk import StreamDefinition
+from sdk._config import ClientSettings, settings
+from sdk._ws import read_chunks
+
+DEFAULT_KEY = "default"
+
+
+@dataclass(frozen=True)
+class RealtimeStream:
+    parts: list[Any] | None
+    error: BaseException | None
+    is_complete: bool
+    stop: Callable[[], None]
+
+
+@dataclass
+class _Progress:
+    """What has been read of one stream, kept across renders and across enabled toggles."""
+
+    identity: tuple[Any, ...]
+    next_index: int
+    parts: list[Any] = field(default_factory=list)
+    shown: int = 0  # how many of ``parts`` the last state update carried
+    complete: bool = False
+
+
+def use_realtime_stream(
+    run_or_definition: str | StreamDefinition[Any],
+    key_or_run_id: str | None = None,
+    *,
+    access_token: str | None = None,
+    base_url: str | None = None,
+    on_data: Callable[[Any], None] | None = None,
+    timeout_in_seconds: int = 60,
+    start_index: int = 0,
+    throttle_in_ms: int = 16,
+    enabled: bool = True,
+) -> RealtimeStream:
+    """Read a run's stream live: ``use_realtime_stream(run_id, key)`` or
+    ``use_realtime_stream(definition, run_id)``."""
+    if isinstance(run_or_definition, StreamDefinition):
+        if key_or_run_id is None:
+            raise TypeError("use_realtime_stream(definition, run_id) needs the run id")
+        run_id, key = key_or_run_id, run_or_definition.id
+    else:
+        run_id, key = run_or_definition, key_or_run_id or DEFAULT_KEY
+
+    parts, set_parts = use_state(cast(list[Any] | None, None))
+    error, set_error = use_state(cast(BaseException | None, None))
+    is_complete, set_complete = use_state(False)
+    stopped, set_stopped = use_state(False)
+    identity = (run_id, key, start_index, base_url)
+    progress = use_ref(_Progress(identity, start_index))
+    if progress.current.identity != identity:
+        # Another stream: start over. The state is reset by the effect, which runs next.
+        progress.current = _Progress(identity, start_index)
+    latest_on_data = use_ref(on_data)
+    latest_on_data.current = on_data
+    runtime = _runtime() if base_url is None else None
+
+    @use_effect(dependencies=[run_id, key, start_index, base_url, access_token, enabled, stopped])
+    async def follow() -> None:
+        state = progress.current
+        if state.shown == 0 and not state.parts:
+            set_parts(None)
+            set_complete(False)
+            set_error(None)
+        if not enabled or stopped or state.complete:
+            return
+        loop = asyncio.get_running_loop()
+        throttle = max(throttle_in_ms, 0) / 1000
+        last_update = 0.0
+        flush_timer: asyncio.TimerHandle | None = None
+
+        def update() -> None:
+            nonlocal last_update, flush_timer
+            flush_timer = None
+            if progress.current is not state:
+                return  # this read was for a stream the component no longer shows
+            last_update = time.monotonic()
+            state.shown = len(state.parts)
+            set_parts(list(state.parts))
+
+        try:
+            if runtime is not None:
+                batches = _in_process(runtime, run_id, key, state, timeout_in_seconds)
+            else:
+                config = ClientSettings(base_url.rstrip("/") if base_url else "", None)
+                batches = _remote(config, run_id, key, state, timeout_in_seconds, access_token)
+            async for batch in batches:
+                for chunk in batch:
+                    state.parts.append(chunk)
+                    state.next_index += 1
+                    if latest_on_data.current is not None:
+                        latest_on_data.current(chunk)
+                wait = last_update + throttle - time.monotonic()
+                if wait <= 0:
+                    update()
+                elif flush_timer is None:
+                    flush_timer = loop.call_later(wait, update)
+        except Exception as failure:
+            if progress.current is state:
+                set_error(failure)
+        finally:
+            # Cancelled (unmounted, disabled, another stream) or done: show what arrived.
+            if flush_timer is not None:
+                flush_timer.cancel()
+            if state.shown != len(state.parts):
+                update()
+            if state.complete and progress.current is state:
+                set_complete(True)
+
+    return RealtimeStream(
+        parts=parts, error=error, is_complete=is_complete, stop=lambda: set_stopped(True)
+    )
+
+
+def _runtime() -> Runtime | None:
+    """The Runstream server this view runs in, if any."""
+    if has_app_context():
+        runtime: Runtime | None = current_app.extensions.get("runstream")
+        return runtime
+    return None
+
+
+async def _in_process(
+    runtime: Runtime, run_id: str, key: str, state: _Progress, timeout_in_seconds: int
+) -> AsyncIterator[list[Any]]:
+    """Batches of chunks read straight from the store, woken by the hub."""
+    cursor = await asyncio.to_thread(
+        RunStreamCursor,
+        runtime.run_streams,
+        run_id,
+        key,
+        state.next_index,
+        runtime.settings.max_read_bytes,
+    )
+    deadline = time.monotonic() + timeout_in_seconds
+    async with runtime.hub.subscribe_async(cursor.path) as subscription:
+        while True:
+            step = await asyncio.to_thread(cursor.step)
+            if step.chunks:
+                yield [json.loads(chunk) for chunk in step.chunks]
+                deadline = time.monotonic() + timeout_in_seconds
+            if step.ended:
+                state.complete = True
+                return
+            if step.chunks:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # no data for timeout_in_seconds: stop, without an error
+            await subscription.wait(remaining)
+
+
+async def _remote(
+    config: ClientSettings,
+    run_id: str,
+    key: str,
+    state: _Progress,
+    timeout_in_seconds: int,
+    access_token: str | None,
+) -> AsyncIterator[list[Any]]:
+    """Chunks read from another server through the SDK's websocket reader."""
+    if not config.api_url:
+        config = settings()
+    position = [state.next_index]
+    ended = [False]
+    async for chunk in read_chunks(
+        config,
+        run_id,
+        key,
+        start_index=state.next_index,
+        timeout_in_seconds=timeout_in_seconds,
+        access_token=access_token,
+        position=position,
+        ended=ended,
+    ):
+        yield [chunk]
+    state.complete = ended[0]
