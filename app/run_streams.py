@@ -139,7 +139,7 @@ class RunStreams:
         self, run_id: str, key: str, writer_id: str, first_seq: int, chunks: Sequence[Any]
     ) -> AppendResult:
         """Append chunks numbered ``first_seq`` onwards by their writer, each exactly once."""
-        messages = [json.dumps(chunk, separators=(",", ":")).encode() for chunk in chunks]
+        messages = [_chunk_text(chunk) for chunk in chunks]
         return self.store.append(
             stream_path(run_id, key),
             AppendRequest(
@@ -179,3 +179,13 @@ class RunStreams:
             ):
                 closed += 1
         return closed
+
+
+def _chunk_text(chunk: Any) -> bytes:
+    """A chunk as compact UTF-8 JSON, so that its size is what the limits count. A string
+    with a lone surrogate (valid JSON, not valid UTF-8) keeps its escape instead."""
+    text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(chunk, separators=(",", ":")).encode()

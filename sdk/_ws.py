@@ -80,6 +80,16 @@ def _connect(config: ClientSettings, path: str, access_token: str | None = None)
     )
 
 
+def encode_chunk(chunk: Any) -> str:
+    """A chunk's JSON text; TypeError or ValueError for what is not a JSON value."""
+    text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"the chunk holds a string that is not valid Unicode: {error}") from None
+    return text
+
+
 def stream_route(run_id: str, key: str) -> str:
     return f"/realtime/v2/streams/{quote(run_id, safe='')}/{quote(key, safe='')}"
 
@@ -98,38 +108,49 @@ class ChunkWriter:
         run_id: str,
         key: str,
         *,
-        give_up_after: float = GIVE_UP_AFTER,
+        give_up_after: float | None = None,
     ) -> None:
         self.run_id = run_id
         self.key = key
         # One writer id for the writer's whole life: it is how the server recognises resends.
         self.writer_id = f"py-{uuid.uuid4().hex}"
         self._config = config
-        self._backoff = _Backoff(give_up_after, StreamWriteError)
+        self._backoff = _Backoff(give_up_after or GIVE_UP_AFTER, StreamWriteError)
         # Chunks not yet acknowledged, as (seq, JSON text), in seq order.
         self._unacknowledged: list[tuple[int, str]] = []
         self._next_seq = 0
         self._closing = False
         self._changed = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._deliver())
+        # Delivery starts with the first chunk: a writer that writes nothing touches nothing.
+        self._task: asyncio.Task[None] | None = None
 
     def write(self, chunk: Any) -> None:
-        """Queue one JSON value. Raises TypeError at once if it cannot be encoded as JSON."""
+        """Queue one JSON value.
+
+        Raises at once, queueing nothing, for what JSON cannot carry: TypeError for objects
+        it has no encoding for, ValueError for NaN and infinities and for strings that are not
+        valid Unicode (lone surrogates).
+        """
         if self._closing:
             raise StreamWriteError("this writer is closed: it accepts no more chunks")
-        text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        text = encode_chunk(chunk)
         self._unacknowledged.append((self._next_seq, text))
         self._next_seq += 1
         self._changed.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._deliver())
 
     async def close(self) -> None:
         self._closing = True
         self._changed.set()
-        await asyncio.shield(self._task)
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     @property
-    def done(self) -> bool:
-        return self._task.done()
+    def failed(self) -> bool:
+        """Delivery has stopped for good: the server refused it or stayed unreachable."""
+        task = self._task
+        return task is not None and task.done() and not task.cancelled() and bool(task.exception())
 
     async def _deliver(self) -> None:
         path = stream_route(self.run_id, self.key) + "/append"
@@ -149,7 +170,6 @@ class ChunkWriter:
         await connection.send(json.dumps({"type": "hello", "writer_id": self.writer_id}))
         ready = json.loads(await connection.recv())
         self._acknowledge(int(ready["last_seq"]))
-        self._backoff.succeeded()
         receiving = asyncio.create_task(self._receive_acknowledgements(connection))
         try:
             sent_through = ready["last_seq"]
@@ -198,6 +218,9 @@ class ChunkWriter:
             frame = json.loads(message)
             if frame.get("type") == "ack":
                 self._acknowledge(int(frame["seq"]))
+                # Progress, not merely a connection, resets the backoff: a frame that breaks
+                # every connection must still end in an error, not in retries forever.
+                self._backoff.succeeded()
                 self._changed.set()
 
     def _acknowledge(self, seq: int) -> None:
@@ -215,12 +238,12 @@ async def read_chunks(
     access_token: str | None,
     position: list[int],
     ended: list[bool] | None = None,
-    give_up_after: float = GIVE_UP_AFTER,
+    give_up_after: float | None = None,
 ) -> AsyncIterator[Any]:
     """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
     for ``timeout_in_seconds``. ``position[0]`` tracks the index of the next chunk;
     ``ended[0]`` becomes True if the stream ended (rather than the wait timing out)."""
-    backoff = _Backoff(give_up_after, RunstreamError)
+    backoff = _Backoff(give_up_after or GIVE_UP_AFTER, RunstreamError)
     what = f"reading stream {key!r} of run {run_id}"
     position[0] = start_index
     while True:

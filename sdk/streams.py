@@ -134,6 +134,8 @@ async def _pump(source: Source[Any], writer: ChunkWriter, tee: _Tee[Any] | None)
             writer.write(chunk)
             if tee is not None:
                 tee.put(chunk)
+            if writer.failed:
+                break  # the server refused the stream: close() says why, without the rest
     except Exception as error:
         failure = error
     if tee is not None:

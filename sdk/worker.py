@@ -54,6 +54,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and execute runs until ``stop`` is set, then wait for the running ones."""
+        self._loop = asyncio.get_running_loop()
         log.info("worker %s serving tasks %s", self.worker_id, ", ".join(sorted(self.tasks)))
         while not stop.is_set():
             free = self.concurrency + self._waiting - len(self._running)
@@ -106,6 +107,10 @@ class Worker:
         self._slot_freed.set()
 
     def _adjust_waiting(self, change: int) -> None:
+        # A blocking task calls this from another thread: apply it in the worker's own loop.
+        self._loop.call_soon_threadsafe(self._apply_waiting, change)
+
+    def _apply_waiting(self, change: int) -> None:
         self._waiting += change
         self._slot_freed.set()
 
