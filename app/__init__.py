@@ -25,6 +25,9 @@ from .run_streams import RunStreams
 from .runs import Runs
 from .store import Store
 
+# The dashboard's CSS and script, beside the packages.
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+
 
 @dataclass
 class Runtime:
@@ -50,7 +53,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     schema is created or upgraded to the current version before the app is returned.
     """
     instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("RUNSTREAM_INSTANCE_PATH")
-    app = Flask(__name__, instance_path=instance_path or None, instance_relative_config=True)
+    app = Flask(
+        __name__,
+        instance_path=instance_path or None,
+        instance_relative_config=True,
+        static_folder=STATIC_FOLDER,
+    )
     app.config.update(DEFAULTS)
     app.config.from_prefixed_env("RUNSTREAM")
     if config:
@@ -86,11 +94,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         secret_key_file=secret_key_file,
     )
 
-    from . import api, protocol, realtime
+    from . import api, dashboard, protocol, realtime
 
     app.register_blueprint(protocol.blueprint)
     app.register_blueprint(api.blueprint)
     realtime.init_app(app)
+    dashboard.init_app(app)
     return app
 
 

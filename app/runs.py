@@ -111,10 +111,15 @@ class Runs:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._finish_listeners: list[Callable[[RunRecord], None]] = []
+        self._change_listeners: list[Callable[[RunRecord], None]] = []
 
     def on_finish(self, listener: Callable[[RunRecord], None]) -> None:
         """Call ``listener`` with every run that reaches a final status, after it commits."""
         self._finish_listeners.append(listener)
+
+    def on_change(self, listener: Callable[[RunRecord], None]) -> None:
+        """Call ``listener`` with every run that is triggered, claimed or ends."""
+        self._change_listeners.append(listener)
 
     # -- creating and reading ----------------------------------------------------------------
 
@@ -139,7 +144,9 @@ class Runs:
                     updated_at=now,
                 )
             )
-            return self._get(conn, run_id)
+            run = self._get(conn, run_id)
+        self._changed(run)
+        return run
 
     def get(self, run_id: str) -> RunRecord:
         with reading(self.engine) as conn:
@@ -229,7 +236,10 @@ class Runs:
                     updated_at=now,
                 )
             )
-            return [self._get(conn, run_id) for run_id in claimed]
+            runs = [self._get(conn, run_id) for run_id in claimed]
+        for run in runs:
+            self._changed(run)
+        return runs
 
     def heartbeat(self, run_id: str, worker_id: str) -> RunRecord:
         """Tell the server the worker still executes the run; the answer carries its status,
@@ -327,6 +337,11 @@ class Runs:
 
     def _announce(self, run: RunRecord) -> None:
         for listener in self._finish_listeners:
+            listener(run)
+        self._changed(run)
+
+    def _changed(self, run: RunRecord) -> None:
+        for listener in self._change_listeners:
             listener(run)
 
     # -- rows --------------------------------------------------------------------------------

@@ -1,0 +1,274 @@
+"""The runs dashboard: ``/runs`` lists runs as they change, ``/runs/<run_id>`` shows one run and
+its streams live.
+
+The pages are ReactPy components served by :mod:`app.views`. They read the store in-process and
+wake on the hub: the ``runs`` topic is published whenever a run is triggered, claimed or ends.
+The dashboard asks for the secret key once and remembers it in a session cookie, unless
+authentication is disabled (loopback only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, redirect, request, session
+from flask.typing import ResponseReturnValue
+from reactpy import component, html, use_effect, use_location, use_state
+from reactpy.core.types import ComponentType, VdomDict
+
+from components.stream_view import StreamView
+
+from . import Runtime, runtime
+from .runs import RunRecord, RunStatus
+from .store import StreamInfo
+from .views import mount
+
+RUNS_TOPIC = "runs"
+# Pages refresh this often even without news, so that durations tick.
+REFRESH_SECONDS = 1.0
+T = TypeVar("T")
+
+
+def init_app(app: Flask) -> None:
+    app_runtime: Runtime = app.extensions["runstream"]
+    app.secret_key = hmac.new(
+        app_runtime.auth.secret_key.encode(), b"runstream dashboard sessions", hashlib.sha256
+    ).hexdigest()
+    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(RUNS_TOPIC))
+    mount(
+        app,
+        Dashboard,
+        head=[
+            html.title("Runstream"),
+            html.meta({"name": "viewport", "content": "width=device-width, initial-scale=1"}),
+            html.link({"rel": "stylesheet", "href": "/static/runstream.css"}),
+            html.script({"src": "/static/runstream.js", "defer": True}),
+        ],
+        pages=["/runs", "/runs/<run_id>"],
+        allowed=signed_in,
+    )
+    app.add_url_rule("/", endpoint="home", view_func=lambda: redirect("/runs"))
+    app.add_url_rule("/login", endpoint="login", view_func=login, methods=["GET", "POST"])
+    app.register_error_handler(401, lambda _error: redirect(f"/login?next={request.path}"))
+
+
+def signed_in() -> bool:
+    return runtime().auth.disabled or session.get("dashboard") is True
+
+
+def login() -> ResponseReturnValue:
+    """A one-field form for the secret key; the session cookie remembers it."""
+    error = ""
+    target = request.args.get("next", "/runs")
+    if not target.startswith("/runs"):
+        target = "/runs"
+    if request.method == "POST":
+        given = request.form.get("secret_key", "").strip().encode()
+        if hmac.compare_digest(given, runtime().auth.secret_key.encode()):
+            session["dashboard"] = True
+            return redirect(target)
+        error = "<p class='error'>That is not this server's secret key.</p>"
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Sign in · Runstream</title><link rel="stylesheet" href="/static/runstream.css"></head>
+<body class="login"><form method="post"><h1>Runstream</h1>
+<label>Secret key <input name="secret_key" type="password" autofocus required></label>
+{error}<button>Sign in</button>
+<p class="hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
+<code>secret_key</code> file of the server's instance folder.</p></form></body></html>"""
+    return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
+
+
+# -- components --------------------------------------------------------------------------------
+
+
+@component
+def Dashboard() -> VdomDict:
+    location = use_location()
+    parts = location.pathname.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "runs":
+        return Shell(RunPage(parts[1], key=parts[1]))
+    return Shell(RunsPage())
+
+
+def Shell(content: VdomDict | ComponentType) -> VdomDict:
+    return html.div(
+        {"class_name": "shell"},
+        html.nav(html.a({"href": "/runs", "class_name": "brand"}, "Runstream"), " runs"),
+        html.main(content),
+    )
+
+
+def use_live(load: Callable[[Runtime], T], dependencies: list[Any]) -> T | None:
+    """``load(runtime)``, run in a thread, again whenever a run changes (and every second)."""
+    value, set_value = use_state(cast(T | None, None))
+    app_runtime = runtime()
+
+    @use_effect(dependencies=dependencies)
+    async def refresh() -> None:
+        async with app_runtime.hub.subscribe_async(RUNS_TOPIC) as subscription:
+            while True:
+                set_value(await asyncio.to_thread(load, app_runtime))
+                await subscription.wait(REFRESH_SECONDS)
+
+    return value
+
+
+@component
+def RunsPage() -> VdomDict:
+    status, set_status = use_state("")
+    task_filter, set_task_filter = use_state("")
+
+    def load(app_runtime: Runtime) -> list[tuple[RunRecord, int]]:
+        page = app_runtime.runs.page(status=status or None, task_id=task_filter or None, limit=50)
+        return [(run, len(app_runtime.run_streams.streams(run.id))) for run in page.runs]
+
+    rows = use_live(load, [status, task_filter]) or []
+    return html.section(
+        {"class_name": "runs"},
+        html.header(
+            html.h1("Runs"),
+            html.div(
+                {"class_name": "filters"},
+                html.select(
+                    {
+                        "aria-label": "status",
+                        "value": status,
+                        "on_change": lambda event: set_status(event["target"]["value"]),
+                    },
+                    html.option({"value": ""}, "All statuses"),
+                    [html.option({"value": s.value, "key": s.value}, s.value) for s in RunStatus],
+                ),
+                html.input(
+                    {
+                        "aria-label": "task",
+                        "placeholder": "Task id",
+                        "value": task_filter,
+                        "on_change": lambda event: set_task_filter(event["target"]["value"]),
+                    }
+                ),
+            ),
+        ),
+        html.table(
+            {"class_name": "run-table"},
+            html.thead(
+                html.tr(
+                    [
+                        html.th({"key": name}, name)
+                        for name in ("Run", "Task", "Status", "Created", "Duration", "Streams")
+                    ]
+                )
+            ),
+            html.tbody(
+                [
+                    html.tr(
+                        {"key": run.id, "class_name": "run-row", "data-run-id": run.id},
+                        html.td(html.a({"href": f"/runs/{run.id}"}, run.id)),
+                        html.td(run.task_id),
+                        html.td(StatusBadge(run.status)),
+                        html.td(_when(run.to_json()["created_at"])),
+                        html.td(_duration(run.duration_ms)),
+                        html.td(str(streams)),
+                    )
+                    for run, streams in rows
+                ]
+            ),
+        ),
+        html.p({"class_name": "empty"}, "No runs yet.") if not rows else "",
+    )
+
+
+def StatusBadge(status: RunStatus) -> VdomDict:
+    return html.span({"class_name": f"badge {status.value.lower()}"}, status.value)
+
+
+@component
+def RunPage(run_id: str) -> VdomDict:
+    selected, set_selected = use_state(cast(str | None, None))
+
+    def load(app_runtime: Runtime) -> tuple[RunRecord, list[StreamInfo], list[RunRecord]] | str:
+        try:
+            run = app_runtime.runs.get(run_id)
+        except Exception as error:  # a bad or unknown run id: say so on the page
+            return str(error)
+        return run, app_runtime.run_streams.streams(run_id), app_runtime.runs.children(run_id)
+
+    loaded = use_live(load, [run_id])
+    if loaded is None:
+        return html.p("Loading…")
+    if isinstance(loaded, str):
+        return html.p({"class_name": "error"}, loaded)
+    run, run_streams, children = loaded
+    keys = [stream.path.rsplit("/", 1)[1] for stream in run_streams]
+    current = selected if selected in keys else (keys[0] if keys else None)
+    return html.article(
+        {"class_name": "run", "data-status": run.status.value},
+        html.header(
+            html.h1(run.id),
+            StatusBadge(run.status),
+            html.span({"class_name": "task"}, run.task_id),
+            html.span({"class_name": "duration"}, _duration(run.duration_ms)),
+        ),
+        html.dl(
+            {"class_name": "family"},
+            _link_row("Parent", run.parent_run_id),
+            _link_row("Root", run.root_run_id if run.root_run_id != run.id else None),
+            html.dt("Children"),
+            html.dd(
+                [
+                    html.a({"href": f"/runs/{child.id}", "key": child.id}, child.id)
+                    for child in children
+                ]
+                or "none"
+            ),
+        ),
+        html.section(
+            {"class_name": "io"},
+            html.h2("Payload"),
+            html.pre(json.dumps(run.payload, indent=2)),
+            html.h2("Error" if run.error is not None else "Output"),
+            html.pre(
+                {"class_name": "error" if run.error is not None else "output"},
+                json.dumps(run.error if run.error is not None else run.output, indent=2),
+            ),
+        ),
+        html.section(
+            {"class_name": "streams"},
+            html.div(
+                {"class_name": "tabs", "role": "tablist"},
+                [
+                    html.button(
+                        {
+                            "key": key,
+                            "role": "tab",
+                            "class_name": "tab active" if key == current else "tab",
+                            "on_click": lambda _event, key=key: set_selected(key),
+                        },
+                        key,
+                    )
+                    for key in keys
+                ],
+            ),
+            StreamView(run.id, current, key=current) if current else html.p("No streams yet."),
+        ),
+    )
+
+
+def _link_row(label: str, run_id: str | None) -> list[VdomDict]:
+    return [html.dt(label), html.dd(html.a({"href": f"/runs/{run_id}"}, run_id) if run_id else "—")]
+
+
+def _when(timestamp: str | None) -> str:
+    return (timestamp or "").replace("T", " ")[:19]
+
+
+def _duration(milliseconds: int | None) -> str:
+    if milliseconds is None:
+        return "—"
+    if milliseconds < 1000:
+        return f"{milliseconds} ms"
+    return f"{milliseconds / 1000:.1f} s"
