@@ -32,7 +32,12 @@ def main() -> None:
     type=click.IntRange(1),
     help="Requests served at once; every live reader holds one.",
 )
-def serve(host: str, port: int, database_url: str | None, threads: int) -> None:
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Also run a worker in this process and a demo run that streams text live.",
+)
+def serve(host: str, port: int, database_url: str | None, threads: int, demo: bool) -> None:
     """Start the Runstream server."""
     from .server import serve as run_server
 
@@ -50,14 +55,15 @@ def serve(host: str, port: int, database_url: str | None, threads: int) -> None:
             f"only listens on loopback then; --host {host} is not a loopback address"
         )
     shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"Runstream is serving on http://{shown_host}:{port}")
+    url = f"http://{shown_host}:{port}"
+    click.echo(f"Runstream is serving on {url} (dashboard: {url}/runs)")
     click.echo(f"  store: {runtime.engine.url.render_as_string(hide_password=True)}")
     if runtime.auth.disabled:
         click.echo("  auth: disabled (loopback clients only)")
     elif runtime.secret_key_file:
         click.echo(f"  secret key: in {runtime.secret_key_file}")
     runtime.close()
-    run_server(config, host=host, port=port, threads=threads)
+    run_server(config, host=host, port=port, threads=threads, demo_url=url if demo else None)
 
 
 @main.command()

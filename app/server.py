@@ -15,9 +15,12 @@ from gunicorn.app.base import BaseApplication
 
 
 class RunstreamServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], options: Mapping[str, Any], *, demo_url: str | None
+    ) -> None:
         self.app_config = dict(config)
         self.options = dict(options)
+        self.demo_url = demo_url
         super().__init__()
 
     def load_config(self) -> None:
@@ -28,12 +31,20 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
         from . import create_app, maintenance
 
         app = create_app(self.app_config)
-        maintenance.start(app.extensions["runstream"])
+        runtime = app.extensions["runstream"]
+        maintenance.start(runtime)
+        if self.demo_url is not None:
+            from . import demo
+
+            demo.start(self.demo_url, runtime.auth.secret_key)
         return app
 
 
-def serve(config: Mapping[str, Any], *, host: str, port: int, threads: int) -> None:
-    """Run the server in the foreground until it is interrupted."""
+def serve(
+    config: Mapping[str, Any], *, host: str, port: int, threads: int, demo_url: str | None = None
+) -> None:
+    """Run the server in the foreground until it is interrupted; with ``demo_url``, also run
+    the demo worker and trigger a demo run."""
     RunstreamServer(
         config,
         {
@@ -47,4 +58,5 @@ def serve(config: Mapping[str, Any], *, host: str, port: int, threads: int) -> N
             "keepalive": 5,
             "loglevel": "warning",
         },
+        demo_url=demo_url,
     ).run()

@@ -14,7 +14,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 from . import _api, _portal, runs
 from ._context import TaskContext, current_run, current_scope
@@ -98,15 +98,25 @@ class Task(Generic[R]):
         return _portal.run(self.trigger_and_wait(payload))
 
 
-def task(*, id: str) -> Callable[[TaskFunction[R]], Task[R]]:
-    """Declare a task; a worker started with this module runs its runs."""
+class _Declaration:
+    """What ``task(id=...)`` returns: the decorator that turns a function into a Task."""
 
-    def declare(function: TaskFunction[R]) -> Task[R]:
-        declared = Task(id, function)
-        _registry[id] = declared
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+    @overload
+    def __call__(self, function: Callable[[Any, TaskContext], Awaitable[R]]) -> Task[R]: ...
+    @overload
+    def __call__(self, function: Callable[[Any, TaskContext], R]) -> Task[R]: ...
+    def __call__(self, function: Callable[[Any, TaskContext], Any]) -> Task[Any]:
+        declared: Task[Any] = Task(self.id, function)
+        _registry[self.id] = declared
         return declared
 
-    return declare
+
+def task(*, id: str) -> _Declaration:
+    """Declare a task; a worker started with this module runs its runs."""
+    return _Declaration(id)
 
 
 def registered() -> dict[str, Task[Any]]:
