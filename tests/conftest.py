@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -24,6 +26,9 @@ from app.models import Base
 from app.store import Store
 
 POSTGRES_URL = os.environ.get("RUNSTREAM_TEST_DATABASE_URL")
+# No SDK call in the tests may take longer than this: past it, a hang fails the test.
+HANG_GUARD = 60.0
+T = TypeVar("T")
 SECRET_KEY = "rs_sk_test-secret-key"
 AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}
 
@@ -144,3 +149,29 @@ def stream_url(request: pytest.FixtureRequest) -> str:
     """A stream path unique to the test."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
     return f"/v1/stream/tests/{name}-{time.monotonic_ns()}"
+
+
+def arun(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine of the asyncio API in a fresh event loop, guarded against hangs."""
+    return asyncio.run(asyncio.wait_for(coroutine, HANG_GUARD))
+
+
+def within(seconds: float, function: Callable[[], T]) -> T:
+    """Call a blocking function in a daemon thread; fail instead of hanging past ``seconds``."""
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise AssertionError(f"still blocked after {seconds} seconds")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]

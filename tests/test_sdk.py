@@ -14,16 +14,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import sdk_tasks
-from conftest import SECRET_KEY, ServerProcess, start_server
+from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, start_server, within
 from sdk_tasks import FAILING_PIPE, SLOW_CHUNKS, TWO_PIPES, WRITER_CHUNKS, note
 
 import sdk.sync
@@ -48,8 +47,6 @@ from sdk.sync import streams as sync_streams
 T = TypeVar("T")
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-# Only against hangs: no test expects to come near these.
-HANG_GUARD = 60.0
 READ_TIMEOUT = 30
 
 
@@ -138,32 +135,6 @@ def worker(
 
 
 # -- the two faces -----------------------------------------------------------------------------
-
-
-def arun(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine of the asyncio API in a fresh event loop, guarded against hangs."""
-    return asyncio.run(asyncio.wait_for(coroutine, HANG_GUARD))
-
-
-def within(seconds: float, function: Callable[[], T]) -> T:
-    """Call a blocking function in a daemon thread; fail instead of hanging past ``seconds``."""
-    outcome: list[Any] = []
-
-    def call() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as error:
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        raise AssertionError(f"still blocked after {seconds} seconds")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 async def collect(stream: AsyncIterator[Any]) -> list[Any]:

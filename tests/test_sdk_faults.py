@@ -14,13 +14,13 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, ServerProcess
+from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, within
 
 import sdk.streams
 import sdk.sync
@@ -29,7 +29,6 @@ from sdk._ws import ChunkWriter, read_chunks
 from sdk.sync import streams as sync_streams
 
 T = TypeVar("T")
-HANG_GUARD = 60.0
 CHUNKS = [f"chunk-{i:04d}" for i in range(2000)]
 
 
@@ -222,31 +221,6 @@ def sdk_configured(server: ServerProcess) -> Iterator[None]:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def arun(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coroutine, HANG_GUARD))
-
-
-def within(seconds: float, function: Callable[[], T]) -> T:
-    """Call a blocking function in a daemon thread; fail instead of hanging past ``seconds``."""
-    outcome: list[Any] = []
-
-    def call() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as error:
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        raise AssertionError(f"still blocked after {seconds} seconds")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def queued_run(server: ServerProcess) -> str:
