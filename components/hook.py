@@ -77,14 +77,14 @@ def use_realtime_stream(
     else:
         run_id, key = run_or_definition, key_or_run_id or DEFAULT_KEY
 
-    parts, set_parts = use_state(cast(list[Any] | None, None))
-    error, set_error = use_state(cast(BaseException | None, None))
-    is_complete, set_complete = use_state(False)
-    stopped, set_stopped = use_state(False)
     identity = (run_id, key, start_index, base_url)
+    # Everything shown is tagged with the stream it belongs to, so that the very first render
+    # after a switch to another stream shows nothing of the old one.
+    shown, set_shown = use_state(_Shown(identity))
+    stopped_for, set_stopped_for = use_state(cast(tuple[Any, ...] | None, None))
+    stopped = stopped_for == identity
     progress = use_ref(_Progress(identity, start_index))
     if progress.current.identity != identity:
-        # Another stream: start over. The state is reset by the effect, which runs next.
         progress.current = _Progress(identity, start_index)
     latest_on_data = use_ref(on_data)
     latest_on_data.current = on_data
@@ -93,26 +93,21 @@ def use_realtime_stream(
     @use_effect(dependencies=[run_id, key, start_index, base_url, access_token, enabled, stopped])
     async def follow() -> None:
         state = progress.current
-        if state.shown == 0 and not state.parts:
-            set_parts(None)
-            set_complete(False)
-            set_error(None)
         if not enabled or stopped or state.complete:
             return
-        loop = asyncio.get_running_loop()
         throttle = max(throttle_in_ms, 0) / 1000
         last_update = 0.0
         flush_timer: asyncio.TimerHandle | None = None
 
-        def update() -> None:
+        def update(*, complete: bool = False, error: BaseException | None = None) -> None:
             nonlocal last_update, flush_timer
             flush_timer = None
-            if progress.current is not state:
-                return  # this read was for a stream the component no longer shows
             last_update = time.monotonic()
             state.shown = len(state.parts)
-            set_parts(list(state.parts))
+            set_shown(_Shown(identity, list(state.parts) or None, error, complete))
 
+        if state.shown != len(state.parts):
+            update()  # chunks that arrived just before reading was paused
         try:
             if runtime is not None:
                 batches = _in_process(runtime, run_id, key, state, timeout_in_seconds)
@@ -120,6 +115,8 @@ def use_realtime_stream(
                 config = ClientSettings(base_url.rstrip("/") if base_url else "", None)
                 batches = _remote(config, run_id, key, state, timeout_in_seconds, access_token)
             async for batch in batches:
+                if progress.current is not state:
+                    return  # the component now shows another stream; this read is over
                 for chunk in batch:
                     state.parts.append(chunk)
                     state.next_index += 1
@@ -129,22 +126,38 @@ def use_realtime_stream(
                 if wait <= 0:
                     update()
                 elif flush_timer is None:
-                    flush_timer = loop.call_later(wait, update)
-        except Exception as failure:
-            if progress.current is state:
-                set_error(failure)
+                    flush_timer = asyncio.get_running_loop().call_later(wait, update)
+            failure = None
+        except Exception as error:
+            failure = error
         finally:
-            # Cancelled (unmounted, disabled, another stream) or done: show what arrived.
+            # Cancelled (unmounted, disabled, another stream): what arrived is kept in progress
+            # and shown when reading resumes; nothing is set on a view that may be gone.
             if flush_timer is not None:
                 flush_timer.cancel()
-            if state.shown != len(state.parts):
-                update()
-            if state.complete and progress.current is state:
-                set_complete(True)
+        # The read ended (the stream's end, a timeout, an error): one last update, in its turn.
+        wait = last_update + throttle - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        update(complete=state.complete, error=failure)
 
+    current = shown if shown.identity == identity else _Shown(identity)
     return RealtimeStream(
-        parts=parts, error=error, is_complete=is_complete, stop=lambda: set_stopped(True)
+        parts=current.parts,
+        error=current.error,
+        is_complete=current.complete,
+        stop=lambda: set_stopped_for(identity),
     )
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """What the component shows, and for which stream."""
+
+    identity: tuple[Any, ...]
+    parts: list[Any] | None = None
+    error: BaseException | None = None
+    complete: bool = False
 
 
 def _runtime() -> Runtime | None:
