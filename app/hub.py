@@ -72,14 +72,26 @@ class InProcessHub(Hub):
         self.deliver(topic)
 
 
-class Subscription:
+class _Registration:
+    """A listener registered on a hub topic until :meth:`close`; the two subscription faces
+    differ only in how they wait."""
+
+    def __init__(self, hub: Hub, topic: str, listener: Listener) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._listener = listener
+        hub.add_listener(topic, listener)
+
+    def close(self) -> None:
+        self._hub.remove_listener(self._topic, self._listener)
+
+
+class Subscription(_Registration):
     """A blocking reader's registration for one topic. Use it as a context manager."""
 
     def __init__(self, hub: Hub, topic: str) -> None:
-        self._hub = hub
-        self._topic = topic
         self._changed = threading.Event()
-        hub.add_listener(topic, self._changed.set)
+        super().__init__(hub, topic, self._changed.set)
 
     def wait(self, timeout: float) -> bool:
         """Block until the topic is published or ``timeout`` seconds pass; True if published.
@@ -89,9 +101,6 @@ class Subscription:
         changed = self._changed.wait(timeout)
         self._changed.clear()
         return changed
-
-    def close(self) -> None:
-        self._hub.remove_listener(self._topic, self._changed.set)
 
     def __enter__(self) -> Subscription:
         return self
@@ -105,7 +114,7 @@ class Subscription:
         self.close()
 
 
-class AsyncSubscription:
+class AsyncSubscription(_Registration):
     """An asyncio reader's registration for one topic. Use it as an async context manager.
 
     Publishes arrive on whatever thread committed; they are handed to the subscriber's event
@@ -113,11 +122,9 @@ class AsyncSubscription:
     """
 
     def __init__(self, hub: Hub, topic: str) -> None:
-        self._hub = hub
-        self._topic = topic
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        hub.add_listener(topic, self._notify)
+        super().__init__(hub, topic, self._notify)
 
     def _notify(self) -> None:
         self._loop.call_soon_threadsafe(self._changed.set)
@@ -131,9 +138,6 @@ class AsyncSubscription:
             return False
         finally:
             self._changed.clear()
-
-    def close(self) -> None:
-        self._hub.remove_listener(self._topic, self._notify)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

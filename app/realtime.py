@@ -175,7 +175,7 @@ def append_stream(ws: Any, run_id: str, key: str) -> None:
 
     while True:
         # A writer that stays connected keeps its stream open even while it is quiet.
-        frame = receive_frame(ws, writer_timeout / 2)
+        frame = receive_frame(ws, writer_timeout / 4)
         if frame is None:
             run_streams.open_writer(run_id, key, writer_id)
             continue
