@@ -112,10 +112,6 @@ class RunStreams:
         self.runs.get(run_id)
         return CreateRequest(content_type=JSON, retention_seconds=self.retention_seconds)
 
-    def ensure(self, run_id: str, key: str) -> StreamInfo:
-        """The run's stream, created now if it does not exist yet."""
-        return self.store.create_if_missing(stream_path(run_id, key), self.creation(run_id, key))
-
     def check_new_stream(self, run_id: str, key: str, *, content_type: str) -> None:
         """Refuse to create a run stream that is not a JSON stream of an existing run."""
         stream_path(run_id, key)
@@ -132,8 +128,9 @@ class RunStreams:
 
     def open_writer(self, run_id: str, key: str, writer_id: str) -> int:
         """Start (or resume) a writer; returns the number of its last stored chunk, or -1."""
-        info = self.ensure(run_id, key)
-        return self.store.open_writer(info.path, writer_id)
+        return self.store.open_writer(
+            stream_path(run_id, key), writer_id, create_if_missing=self.creation(run_id, key)
+        )
 
     def write(
         self, run_id: str, key: str, writer_id: str, first_seq: int, chunks: Sequence[Any]

@@ -273,18 +273,6 @@ class Store:
             self.hub.publish(path)
         return result
 
-    def create_if_missing(self, path: str, request: CreateRequest) -> StreamInfo:
-        """The stream at ``path``, created from ``request`` if there is none, whatever the
-        configuration of one that exists (it may have been closed since, for example)."""
-        with reading(self.engine) as conn:
-            existing = self._row(conn, path)
-            if existing is not None and not existing.deleted and not existing.is_expired(utcnow()):
-                return existing.info()
-        try:
-            return self.create(path, request).stream
-        except Conflict:
-            return self.head(path)
-
     def streams_under(self, prefix: str) -> list[StreamInfo]:
         """The live streams whose path starts with ``prefix``, in path order."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -493,11 +481,7 @@ class Store:
         claim = request.producer
         messages = request.messages
         with writing(self.engine) as conn:
-            row = self._row(conn, path, lock=True)
-            creation = request.create_if_missing
-            if creation is not None and (row is None or (row.is_expired(now) and not row.deleted)):
-                row = self._insert_stream(conn, path, creation, now, replacing=row)
-            row = _require_live(row, path, now)
+            row = self._live_or_created(conn, path, now, request.create_if_missing)
             if row.ttl_seconds is not None:
                 # Every write request is activity, even one that turns out to change nothing.
                 conn.execute(update(streams).where(streams.c.id == row.id).values(touched_at=now))
@@ -599,17 +583,20 @@ class Store:
 
     # -- websocket writers -------------------------------------------------------------------
 
-    def open_writer(self, path: str, writer_id: str) -> int:
+    def open_writer(
+        self, path: str, writer_id: str, *, create_if_missing: CreateRequest | None = None
+    ) -> int:
         """Register a writer that numbers its messages from 0 and may reconnect.
 
         Returns the number of its last message the stream holds (-1 for none), so that it
         resends only what is missing. Until :meth:`close_writer`, the writer counts as writing:
-        see :meth:`close_unless_writing`.
+        see :meth:`close_unless_writing`. With ``create_if_missing``, a writer's hello is the
+        stream's first write and creates it.
         """
         _check_length("the writer id", writer_id, MAX_NAME_LENGTH)
         now = utcnow()
         with writing(self.engine) as conn:
-            row = self._live_row(conn, path, now, lock=True)
+            row = self._live_or_created(conn, path, now, create_if_missing)
             found = conn.execute(
                 _PRODUCER_STATE, {"stream_id": row.id, "producer_id": writer_id}
             ).first()
@@ -848,6 +835,16 @@ class Store:
         return StreamRow(
             *conn.execute(select(*StreamRow.columns()).where(streams.c.id == stream_id)).one()
         )
+
+    def _live_or_created(
+        self, conn: Connection, path: str, now: datetime, creation: CreateRequest | None
+    ) -> StreamRow:
+        """The live stream at ``path``, locked for writing; created from ``creation`` (when
+        given) if there is none, in the caller's transaction."""
+        row = self._row(conn, path, lock=True)
+        if creation is not None and (row is None or (row.is_expired(now) and not row.deleted)):
+            row = self._insert_stream(conn, path, creation, now, replacing=row)
+        return _require_live(row, path, now)
 
     def _live_row(
         self, conn: Connection, path: str, now: datetime, *, lock: bool = False

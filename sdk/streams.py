@@ -89,10 +89,6 @@ class StreamHandle(Generic[T]):
         """Return once every chunk is durably stored; raise if that could not be done."""
         await asyncio.shield(self._delivery)
 
-    @property
-    def delivery(self) -> asyncio.Task[None]:
-        return self._delivery
-
 
 def _split_key(first: Any, second: Any) -> tuple[str, Any]:
     """``(key, value)`` from calls written ``f(key, value)`` or ``f(value)``."""
