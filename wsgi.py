@@ -1,10 +1,10 @@
-"""The WSGI entry point: ``gunicorn --worker-class gthread --threads 64 wsgi:app``.
+"""The WSGI entry point of a checkout: ``gunicorn --worker-class gthread --threads 128 wsgi:app``.
 
+Installed, the same application is ``gunicorn 'runstream.server:create_app()'``, from any folder.
 One process only, unless the hub spans processes: with the embedded SQLite store and the
 in-process hub, readers in one worker would not hear appends made in another.
 """
 
-from app import create_app, maintenance
+from runstream.server import create_app
 
 app = create_app()
-maintenance.start(app.extensions["runstream"])

@@ -1,49 +1,39 @@
-"""Runstream: durable, resumable realtime streams for background jobs.
+"""The Runstream server: a Flask application over the durable stream core.
 
-:func:`create_app` builds the Flask application. Everything a request needs lives in one
-:class:`Runtime` stored in ``app.extensions["runstream"]``: the settings, the database engine, the
-hub that wakes waiting readers, the store through which every chunk is written, and the runs
-that own streams.
+:func:`create_app` builds it: ``gunicorn 'runstream.server:create_app()'``. The packages inside
+show how it is made:
+
+- :mod:`.core`: the stream core. The store, where every chunk is appended and read, and the
+  hub, which tells waiting readers that a stream grew. It imports nothing of the rest.
+- :mod:`.runs`: runs of tasks, the streams they own, and who may read or write them.
+- :mod:`.faces`: thin protocol layers over the core: Durable Streams HTTP, the runs API, and
+  run streams over websockets. They translate requests into core calls and core errors into
+  answers, through one table.
+- :mod:`.dashboard`: the runs dashboard, ReactPy pages served from Flask.
+- :mod:`.db`: the database engine, the schema and its migrations.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
-from sqlalchemy import Engine
+from flask import Flask
 
-from . import migrations
-from .auth import Auth, load_or_create_secret_key
-from .config import DEFAULTS, Settings
-from .db import make_engine
-from .hub import Hub, InProcessHub
-from .run_streams import RunStreams
-from .runs import Runs
-from .store import Store
+from runstream.reading import LOCAL_SOURCE
 
-# The dashboard's CSS and script, beside the packages.
-STATIC_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+from .config import DEFAULTS, Settings, instance_path_from
+from .core.hub import InProcessHub
+from .core.store import Store
+from .db import make_engine, migrations
+from .runs.auth import Auth, load_or_create_secret_key
+from .runs.reading import InProcessChunkSource
+from .runs.run_streams import RunStreams
+from .runs.runs import Runs
+from .runtime import EXTENSION, Runtime, runtime, runtime_of
 
-
-@dataclass
-class Runtime:
-    settings: Settings
-    engine: Engine
-    hub: Hub
-    store: Store
-    runs: Runs
-    run_streams: RunStreams
-    auth: Auth
-    # Where the secret key is kept when it came from the instance folder (None: from settings).
-    secret_key_file: str | None = None
-
-    def close(self) -> None:
-        self.hub.close()
-        self.engine.dispose()
+__all__ = ["Runtime", "create_app", "runtime", "runtime_of"]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -52,12 +42,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Settings come from ``RUNSTREAM_*`` environment variables, then from ``config``. The database
     schema is created or upgraded to the current version before the app is returned.
     """
-    instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("RUNSTREAM_INSTANCE_PATH")
     app = Flask(
         __name__,
-        instance_path=instance_path or None,
+        instance_path=instance_path_from(config or {}, os.environ),
         instance_relative_config=True,
-        static_folder=STATIC_FOLDER,
+        static_folder=None,
     )
     app.config.update(DEFAULTS)
     app.config.from_prefixed_env("RUNSTREAM")
@@ -78,32 +67,32 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_message_bytes=settings.max_chunk_bytes,
     )
     runs = Runs(engine)
-    app.extensions["runstream"] = Runtime(
+    run_streams = RunStreams(
+        store,
+        runs,
+        retention_seconds=settings.run_stream_retention_seconds,
+        writer_timeout=settings.writer_timeout,
+    )
+    app.extensions[EXTENSION] = Runtime(
         settings=settings,
         engine=engine,
         hub=hub,
         store=store,
         runs=runs,
-        run_streams=RunStreams(
-            store,
-            runs,
-            retention_seconds=settings.run_stream_retention_seconds,
-            writer_timeout=settings.writer_timeout,
-        ),
+        run_streams=run_streams,
         auth=Auth(secret_key, disabled=settings.auth_disabled),
         secret_key_file=secret_key_file,
     )
+    # The hooks of the dashboard's pages read run streams through this, in-process.
+    app.extensions[LOCAL_SOURCE] = InProcessChunkSource(
+        run_streams, hub, max_read_bytes=settings.max_read_bytes
+    )
 
-    from . import api, dashboard, protocol, realtime
+    from . import dashboard, faces
 
-    app.register_blueprint(protocol.blueprint)
-    app.register_blueprint(api.blueprint)
-    realtime.init_app(app)
+    faces.init_app(app)
     dashboard.init_app(app)
+    # Housekeeping (expiry, lost runs) starts with the first request the application serves,
+    # whichever server runs it, and never in an application that only runs a command.
+    app.before_request(runtime_of(app).start_maintenance)
     return app
-
-
-def runtime() -> Runtime:
-    """The :class:`Runtime` of the application handling the current request."""
-    value: Runtime = current_app.extensions["runstream"]
-    return value

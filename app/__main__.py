@@ -1,4 +1,4 @@
-"""`python -m app` is the `runstream` command."""
+"""``python -m runstream.server`` is the ``runstream`` command."""
 
 from .cli import main
 

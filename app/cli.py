@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from . import create_app, migrations
-from .auth import is_loopback
+from . import create_app, runtime_of
+from .db import migrations
+from .runs.auth import is_loopback
 
 
 @click.group()
@@ -39,7 +40,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, database_url: str | None, threads: int, demo: bool) -> None:
     """Start the Runstream server."""
-    from .server import serve as run_server
+    from .serving import serve as run_server
 
     config: dict[str, Any] = {}
     if database_url:
@@ -47,7 +48,7 @@ def serve(host: str, port: int, database_url: str | None, threads: int, demo: bo
     # Build the app once here: it creates or upgrades the schema (and the secret key) before the
     # server starts, and fails early, in the foreground, on a bad setting.
     app = create_app(config)
-    runtime = app.extensions["runstream"]
+    runtime = runtime_of(app)
     if runtime.auth.disabled and not is_loopback_host(host):
         runtime.close()
         raise click.UsageError(
@@ -73,7 +74,7 @@ def purge(database_url: str | None) -> None:
     from . import maintenance
 
     app = create_app({"DATABASE_URL": database_url} if database_url else None)
-    runtime = app.extensions["runstream"]
+    runtime = runtime_of(app)
     report = maintenance.run_once(runtime)
     runtime.close()
     click.echo(
@@ -103,8 +104,8 @@ def worker(
     import signal
     import sys
 
-    from sdk import Worker, configure
-    from sdk.tasks import registered
+    from runstream import Worker, configure
+    from runstream.tasks import registered
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too many
@@ -144,7 +145,7 @@ def db() -> None:
 def upgrade(database_url: str | None) -> None:
     """Create the schema, or bring it up to date."""
     app = create_app({"DATABASE_URL": database_url} if database_url else None)
-    runtime = app.extensions["runstream"]
+    runtime = runtime_of(app)
     revision = migrations.current_revision(runtime.engine)
     click.echo(f"database is at schema revision {revision}")
     runtime.close()

@@ -2,7 +2,12 @@
 
 Settings are read from ``RUNSTREAM_*`` environment variables (values that parse as JSON are
 converted, so ``RUNSTREAM_LONG_POLL_TIMEOUT=5`` is the number 5) and may be overridden by the
-mapping given to :func:`app.create_app`. Every setting has a default that works on a fresh machine.
+mapping given to :func:`runstream.server.create_app`. Every setting has a default that works on
+a fresh machine.
+
+The instance folder holds what a server keeps on its own disk: the SQLite file and the secret
+key. It is ``RUNSTREAM_INSTANCE_PATH``, or ``instance/`` in the working directory: never a folder
+inside the installed package, which may be read-only and is replaced by every upgrade.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     # How often the server purges expired streams and ends abandoned runs and streams.
     "MAINTENANCE_INTERVAL": 60.0,
 }
+
+
+def instance_path_from(config: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The instance folder: ``config["INSTANCE_PATH"]``, ``RUNSTREAM_INSTANCE_PATH``, or
+    ``./instance``, as an absolute path."""
+    chosen = config.get("INSTANCE_PATH") or environ.get("RUNSTREAM_INSTANCE_PATH") or "instance"
+    return os.path.abspath(str(chosen))
 
 
 @dataclass(frozen=True)

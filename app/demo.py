@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from sdk import TaskContext, Worker, configure, streams, task
+from runstream import TaskContext, Worker, configure, streams, task
 
 log = logging.getLogger(__name__)
 

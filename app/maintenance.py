@@ -8,7 +8,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from . import Runtime
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,12 @@ def run_once(runtime: Runtime) -> Report:
     )
 
 
-def start(runtime: Runtime) -> threading.Thread:
-    """Run :func:`run_once` in a daemon thread, forever, every maintenance interval."""
+def start(runtime: Runtime) -> threading.Event:
+    """Run :func:`run_once` in a daemon thread every maintenance interval, until the returned
+    event is set."""
 
     def loop() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 run_once(runtime)
             except Exception:  # keep the housekeeping alive through a passing database error
@@ -43,4 +44,4 @@ def start(runtime: Runtime) -> threading.Thread:
     stop = threading.Event()
     thread = threading.Thread(target=loop, name="runstream-maintenance", daemon=True)
     thread.start()
-    return thread
+    return stop

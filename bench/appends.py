@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 
-from app.db import make_engine
-from app.hub import InProcessHub
-from app.migrations import upgrade
-from app.store import AppendRequest, CreateRequest, Store
+from runstream.server.core.hub import InProcessHub
+from runstream.server.core.store import AppendRequest, CreateRequest, Store
+from runstream.server.db import make_engine
+from runstream.server.db.migrations import upgrade
 
 # A 100-byte JSON message, like a chunk of an LLM's output.
 MESSAGE = json.dumps({"token": "x" * 87}).encode()
@@ -54,7 +54,7 @@ def local_server() -> Iterator[str]:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
             env={**os.environ, "RUNSTREAM_INSTANCE_PATH": instance, "RUNSTREAM_AUTH": "disabled"},
             stdout=subprocess.DEVNULL,
             start_new_session=True,

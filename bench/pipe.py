@@ -16,7 +16,7 @@ import time
 import httpx
 from appends import local_server
 
-from sdk import configure, streams
+from runstream import configure, streams
 
 CHUNK = "token-" + "x" * 34  # a 40-character string: about one LLM token's worth of JSON
 

@@ -6,9 +6,9 @@
     result.is_complete  # the stream has ended
     result.stop()       # stop reading
 
-Inside the Runstream server the hook reads in-process, from the store and the hub; given
-``base_url`` (another Runstream server) it reads through the SDK's websocket reader with
-``access_token``.
+Inside the Runstream server the hook reads in-process, from the store and the hub; elsewhere, or
+given ``base_url`` (another Runstream server), it reads through the SDK's websocket reader with
+``access_token``. Either way it reads through the small interface of :mod:`runstream.reading`.
 
 Chunks arrive in bursts; ``on_data`` is called once per chunk, in order, as each arrives, while
 ``parts`` is updated at most once per ``throttle_in_ms`` with every chunk that arrived since the
@@ -19,22 +19,18 @@ repeating a part; a new run id or key starts over with fresh parts.
 from __future__ import annotations
 
 import asyncio
-import json
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from flask import current_app, has_app_context
 from reactpy import use_effect, use_ref, use_state
 
-from app import Runtime
-from app.run_streams import RunStreamCursor
-from sdk import StreamDefinition
-from sdk._config import ClientSettings, settings
-from sdk._ws import read_chunks
-
-DEFAULT_KEY = "default"
+from runstream import streams
+from runstream.identifiers import DEFAULT_KEY
+from runstream.reading import LOCAL_SOURCE, ChunkSource, ReadStream
+from runstream.streams import StreamDefinition
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ def use_realtime_stream(
         progress.current = _Progress(identity, start_index)
     latest_on_data = use_ref(on_data)
     latest_on_data.current = on_data
-    runtime = _runtime() if base_url is None else None
+    local = _local_source() if base_url is None else None
 
     @use_effect(dependencies=[run_id, key, start_index, base_url, access_token, enabled, stopped])
     async def follow() -> None:
@@ -109,24 +105,36 @@ def use_realtime_stream(
         if state.shown != len(state.parts):
             update()  # chunks that arrived just before reading was paused
         try:
-            if runtime is not None:
-                batches = _in_process(runtime, run_id, key, state, timeout_in_seconds)
+            chunks: ReadStream[Any]
+            if local is not None:
+                chunks = await local.read(
+                    run_id,
+                    key,
+                    start_index=state.next_index,
+                    timeout_in_seconds=timeout_in_seconds,
+                )
             else:
-                config = ClientSettings(base_url.rstrip("/") if base_url else "", None)
-                batches = _remote(config, run_id, key, state, timeout_in_seconds, access_token)
-            async for batch in batches:
+                chunks = await streams.read(
+                    run_id,
+                    key,
+                    start_index=state.next_index,
+                    timeout_in_seconds=timeout_in_seconds,
+                    access_token=access_token,
+                    base_url=base_url,
+                )
+            async for chunk in chunks:
                 if progress.current is not state:
                     return  # the component now shows another stream; this read is over
-                for chunk in batch:
-                    state.parts.append(chunk)
-                    state.next_index += 1
-                    if latest_on_data.current is not None:
-                        latest_on_data.current(chunk)
+                state.parts.append(chunk)
+                state.next_index += 1
+                if latest_on_data.current is not None:
+                    latest_on_data.current(chunk)
                 wait = last_update + throttle - time.monotonic()
                 if wait <= 0:
                     update()
                 elif flush_timer is None:
                     flush_timer = asyncio.get_running_loop().call_later(wait, update)
+            state.complete = chunks.ended
             failure = None
         except Exception as error:
             failure = error
@@ -160,66 +168,13 @@ class _Shown:
     complete: bool = False
 
 
-def _runtime() -> Runtime | None:
-    """The Runstream server this view runs in, if any."""
-    if has_app_context():
-        runtime: Runtime | None = current_app.extensions.get("runstream")
-        return runtime
-    return None
+def _local_source() -> ChunkSource | None:
+    """The in-process reader of the Runstream server this view runs in, if any.
 
-
-async def _in_process(
-    runtime: Runtime, run_id: str, key: str, state: _Progress, timeout_in_seconds: int
-) -> AsyncIterator[list[Any]]:
-    """Batches of chunks read straight from the store, woken by the hub."""
-    cursor = await asyncio.to_thread(
-        RunStreamCursor,
-        runtime.run_streams,
-        run_id,
-        key,
-        state.next_index,
-        runtime.settings.max_read_bytes,
-    )
-    deadline = time.monotonic() + timeout_in_seconds
-    async with runtime.hub.subscribe_async(cursor.path) as subscription:
-        while True:
-            step = await asyncio.to_thread(cursor.step)
-            if step.chunks:
-                yield [json.loads(chunk) for chunk in step.chunks]
-                deadline = time.monotonic() + timeout_in_seconds
-            if step.ended:
-                state.complete = True
-                return
-            if step.chunks:
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return  # no data for timeout_in_seconds: stop, without an error
-            await subscription.wait(remaining)
-
-
-async def _remote(
-    config: ClientSettings,
-    run_id: str,
-    key: str,
-    state: _Progress,
-    timeout_in_seconds: int,
-    access_token: str | None,
-) -> AsyncIterator[list[Any]]:
-    """Chunks read from another server through the SDK's websocket reader."""
-    if not config.api_url:
-        config = settings()
-    position = [state.next_index]
-    ended = [False]
-    async for chunk in read_chunks(
-        config,
-        run_id,
-        key,
-        start_index=state.next_index,
-        timeout_in_seconds=timeout_in_seconds,
-        access_token=access_token,
-        position=position,
-        ended=ended,
-    ):
-        yield [chunk]
-    state.complete = ended[0]
+    Flask is looked up, not imported: a UI that is no Flask app costs nothing here.
+    """
+    flask = sys.modules.get("flask")
+    if flask is None or not flask.has_app_context():
+        return None
+    source: ChunkSource | None = flask.current_app.extensions.get(LOCAL_SOURCE)
+    return source

@@ -1,6 +1,6 @@
-"""The Runstream Python SDK, for workers and apps (asyncio; blocking calls live in sdk.sync).
+"""The Runstream Python SDK, for workers and apps (asyncio; the blocking face is runstream.sync).
 
-from sdk import streams, task, runs, auth, configure
+from runstream import streams, task, runs, auth, configure
 
 configure(api_url="http://127.0.0.1:8787", secret_key="...")
 
@@ -17,12 +17,14 @@ from . import auth, runs, streams
 from ._config import configure
 from ._context import RunInfo, TaskContext
 from .errors import ApiError, RunstreamError, StreamWriteError, TaskError
+from .reading import ReadStream
 from .streams import StreamDefinition, StreamHandle, StreamWriter
 from .tasks import Task, TaskRunResult, TriggeredRun, task
 from .worker import Worker
 
 __all__ = [
     "ApiError",
+    "ReadStream",
     "RunInfo",
     "RunstreamError",
     "StreamDefinition",

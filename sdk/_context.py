@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import RunstreamError
-
-_RUN_ID = re.compile(r"run_[A-Za-z0-9]{1,60}")
+from .identifiers import is_run_id
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ def resolve_target(target: str | None) -> str:
         if target == "root":
             return run.root_task_run_id or run.id
         return run.id
-    if not _RUN_ID.fullmatch(target):
+    if not is_run_id(target):
         raise RunstreamError(
             f'target must be "self", "parent", "root" or a run id such as run_..., not {target!r}'
         )

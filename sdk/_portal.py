@@ -2,7 +2,7 @@
 
 Blocking calls submit a coroutine to that loop and wait for its result. The caller's context
 variables travel with the coroutine, so a blocking stream call inside a task still finds its
-run. This is how :mod:`sdk.sync` shares every line of logic with the asyncio API.
+run. This is how :mod:`runstream.sync` shares every line of logic with the asyncio API.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     if threading.current_thread() is _thread:
         coroutine.close()
         raise RuntimeError(
-            "the blocking sdk.sync API was called from the SDK's own event loop; "
-            "use the asyncio API (sdk.streams) from async code"
+            "the blocking runstream.sync API was called from the SDK's own event loop; "
+            "use the asyncio API (runstream.streams) from async code"
         )
     loop = _running_loop()
     context = contextvars.copy_context()

@@ -22,9 +22,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ._config import ClientSettings
 from .errors import ApiError, RunstreamError, StreamWriteError
+from .reading import ReadProgress
+from .wire import CLOSE_NORMAL, CLOSE_TIMEOUT, encode_chunk, is_refusal
 
-CLOSE_NORMAL = 1000
-CLOSE_TIMEOUT = 4408
 # How long to keep trying to reach the server before a writer or reader fails.
 GIVE_UP_AFTER = 30.0
 FIRST_RETRY_DELAY = 0.05
@@ -39,7 +39,7 @@ def _refusal(error: BaseException) -> ApiError | None:
     """The server's refusal in a closed connection (a 4xxx code), or None if worth retrying."""
     if isinstance(error, ConnectionClosed) and error.rcvd is not None:
         code = error.rcvd.code
-        if 4000 <= code < 5000 and code != CLOSE_TIMEOUT:
+        if is_refusal(code):
             return ApiError(code - 4000, error.rcvd.reason or "refused by the server")
     return None
 
@@ -78,16 +78,6 @@ def _connect(config: ClientSettings, path: str, access_token: str | None = None)
         max_size=None,
         open_timeout=10,
     )
-
-
-def encode_chunk(chunk: Any) -> str:
-    """A chunk's JSON text; TypeError or ValueError for what is not a JSON value."""
-    text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"the chunk holds a string that is not valid Unicode: {error}") from None
-    return text
 
 
 def stream_route(run_id: str, key: str) -> str:
@@ -236,18 +226,19 @@ async def read_chunks(
     start_index: int,
     timeout_in_seconds: int,
     access_token: str | None,
-    position: list[int],
-    ended: list[bool] | None = None,
+    progress: ReadProgress,
     give_up_after: float | None = None,
 ) -> AsyncIterator[Any]:
     """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
-    for ``timeout_in_seconds``. ``position[0]`` tracks the index of the next chunk;
-    ``ended[0]`` becomes True if the stream ended (rather than the wait timing out)."""
+    for ``timeout_in_seconds``; ``progress`` tracks the index of the next chunk and whether
+    the stream ended (rather than the wait timing out)."""
     backoff = _Backoff(give_up_after or GIVE_UP_AFTER, RunstreamError)
     what = f"reading stream {key!r} of run {run_id}"
-    position[0] = start_index
+    progress.next_index = start_index
     while True:
-        query = urlencode({"start_index": position[0], "timeout_in_seconds": timeout_in_seconds})
+        query = urlencode(
+            {"start_index": progress.next_index, "timeout_in_seconds": timeout_in_seconds}
+        )
         try:
             async with _connect(
                 config, f"{stream_route(run_id, key)}?{query}", access_token
@@ -256,15 +247,14 @@ async def read_chunks(
                 async for message in connection:
                     frame = json.loads(message)
                     if frame.get("type") == "end":
-                        if ended is not None:
-                            ended[0] = True
+                        progress.ended = True
                         return
                     if frame.get("type") != "chunks":
                         continue
                     for offset, chunk in enumerate(frame["chunks"]):
                         index = frame["index"] + offset
-                        if index >= position[0]:
-                            position[0] = index + 1
+                        if index >= progress.next_index:
+                            progress.next_index = index + 1
                             yield chunk
                 code = connection.close_code
                 if code in (CLOSE_NORMAL, CLOSE_TIMEOUT):

@@ -17,13 +17,14 @@ import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar, cast, overload
 
-from ._config import settings
+from ._config import ClientSettings, settings
 from ._context import current_scope, resolve_target
 from ._ws import ChunkWriter, read_chunks
 from .errors import RunstreamError
+from .identifiers import DEFAULT_KEY
+from .reading import ReadProgress, ReadStream
 
 T = TypeVar("T")
-DEFAULT_KEY = "default"
 MAX_TIMEOUT_IN_SECONDS = 600
 _MISSING: Any = object()
 _END: Any = object()
@@ -236,28 +237,6 @@ async def _execute(
         raise failure
 
 
-class ReadStream(Generic[T]):
-    """The chunks of a stream, as an async iterator. ``next_index`` is the index of the chunk
-    that comes next: read again from there to resume."""
-
-    def __init__(self, chunks: AsyncIterator[T], position: list[int]) -> None:
-        self._chunks = chunks
-        self._position = position
-
-    @property
-    def next_index(self) -> int:
-        return self._position[0]
-
-    def __aiter__(self) -> ReadStream[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        await cast(Any, self._chunks).aclose()
-
-
 async def read(
     run_id: str,
     key: str = DEFAULT_KEY,
@@ -265,12 +244,14 @@ async def read(
     timeout_in_seconds: int = 60,
     start_index: int = 0,
     access_token: str | None = None,
+    base_url: str | None = None,
 ) -> ReadStream[Any]:
     """Read a run's stream from chunk ``start_index``: what is stored, then each new chunk,
     until the stream ends or no chunk arrives for ``timeout_in_seconds`` (at most 600).
 
     Lost connections are resumed at the next chunk. ``access_token`` reads with a public
-    access token instead of the secret key.
+    access token instead of the secret key; ``base_url`` reads from that server instead of
+    the configured one.
     """
     if not 1 <= timeout_in_seconds <= MAX_TIMEOUT_IN_SECONDS:
         raise ValueError(
@@ -279,17 +260,20 @@ async def read(
         )
     if start_index < 0:
         raise ValueError(f"start_index must be 0 or more, not {start_index}")
-    position = [start_index]
+    config = settings()
+    if base_url is not None:
+        config = ClientSettings(base_url.rstrip("/"), config.secret_key)
+    progress = ReadProgress(start_index)
     chunks = read_chunks(
-        settings(),
+        config,
         run_id,
         key,
         start_index=start_index,
         timeout_in_seconds=timeout_in_seconds,
         access_token=access_token,
-        position=position,
+        progress=progress,
     )
-    return ReadStream(chunks, position)
+    return ReadStream(chunks, progress)
 
 
 class StreamDefinition(Generic[T]):

@@ -1,14 +1,14 @@
 """The blocking face of the SDK: the same names as the asyncio API, for code that is not async.
 
-    from sdk.sync import streams
+    from runstream.sync import streams
 
     piped = streams.pipe("ai-stream", tokens)       # returns at once
     for chunk in piped.stream: ...
     piped.wait_until_complete()
     for chunk in streams.read(run_id, "ai-stream"): ...
 
-Every call runs the asyncio core on the SDK's own event loop (see ``sdk._portal``); nothing here
-is a second implementation. Tasks are triggered with ``my_task.trigger_sync(...)`` and
+Every call runs the asyncio core on the SDK's own event loop (see ``runstream._portal``);
+nothing here is a second implementation. Tasks are triggered with ``my_task.trigger_sync(...)`` and
 ``my_task.trigger_and_wait_sync(...)``.
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from . import _portal
+from . import _portal, reading
 from . import runs as async_runs
 from . import streams as async_streams
 from ._config import configure
 from .auth import create_public_token
+from .identifiers import DEFAULT_KEY
 from .runs import Run
-from .streams import DEFAULT_KEY, Source, StreamWriter
+from .streams import Source, StreamWriter
 from .tasks import task
 
 T = TypeVar("T")
@@ -46,14 +47,19 @@ class StreamHandle(Generic[T]):
 
 
 class ReadStream(Generic[T]):
-    """The chunks of a stream, as a blocking iterator; ``next_index`` resumes after them."""
+    """The chunks of a stream, as a blocking iterator; ``next_index`` resumes after them, and
+    ``ended`` says whether the stream's end was reached."""
 
-    def __init__(self, stream: async_streams.ReadStream[T]) -> None:
+    def __init__(self, stream: reading.ReadStream[T]) -> None:
         self._stream = stream
 
     @property
     def next_index(self) -> int:
         return self._stream.next_index
+
+    @property
+    def ended(self) -> bool:
+        return self._stream.ended
 
     def __iter__(self) -> Iterator[T]:
         return _portal.iterate(self._stream)
@@ -91,6 +97,7 @@ class _Streams:
         timeout_in_seconds: int = 60,
         start_index: int = 0,
         access_token: str | None = None,
+        base_url: str | None = None,
     ) -> ReadStream[Any]:
         return ReadStream(
             _portal.run(
@@ -100,6 +107,7 @@ class _Streams:
                     timeout_in_seconds=timeout_in_seconds,
                     start_index=start_index,
                     access_token=access_token,
+                    base_url=base_url,
                 )
             )
         )

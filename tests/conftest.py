@@ -19,11 +19,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from app.db import make_engine
-from app.hub import InProcessHub
-from app.migrations import upgrade
-from app.models import Base
-from app.store import Store
+from runstream.server.core.hub import InProcessHub
+from runstream.server.core.store import Store
+from runstream.server.db import make_engine
+from runstream.server.db.migrations import upgrade
+from runstream.server.db.models import Base
 
 POSTGRES_URL = os.environ.get("RUNSTREAM_TEST_DATABASE_URL")
 # No SDK call in the tests may take longer than this: past it, a hang fails the test.
@@ -103,7 +103,7 @@ def start_server(instance_path: Path, *, env: dict[str, str] | None = None) -> S
     """Start `runstream serve` on a free port and wait until it answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
         env={
             **os.environ,
             "RUNSTREAM_INSTANCE_PATH": str(instance_path),

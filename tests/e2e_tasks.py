@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sdk import TaskContext, streams, task
+from runstream import TaskContext, streams, task
 
 
 def numbered_chunks(count: int) -> list[str]:

@@ -1,9 +1,9 @@
 """The tasks a real worker runs for tests/test_sdk.py: ``runstream worker --tasks sdk_tasks``.
 
 Every seed example (Trigger.dev's Realtime Streams v2 PR, in snake_case) comes twice: as an
-``async def`` task using ``sdk.streams`` (ids ending ``.async``) and as a plain ``def`` task using
-``sdk.sync`` (ids ending ``.sync``). Both flavours write exactly the same chunks, so the tests
-expect the same results of either.
+``async def`` task using ``runstream.streams`` (ids ending ``.async``) and as a plain ``def`` task
+using ``runstream.sync`` (ids ending ``.sync``). Both flavours write exactly the same chunks, so
+the tests expect the same results of either.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from sdk import StreamWriter, Task, TaskContext, streams, task
-from sdk.sync import streams as sync_streams
+from runstream import StreamWriter, Task, TaskContext, streams, task
+from runstream.sync import streams as sync_streams
 
 FLAVOURS = ("async", "sync")
 

@@ -81,11 +81,11 @@ def dashboard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 def worker(
     dashboard_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m app worker --tasks e2e_tasks`` against the dashboard server."""
+    """``python -m runstream.server worker --tasks e2e_tasks`` against the dashboard server."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "--tasks", "e2e_tasks"],
+            [sys.executable, "-m", "runstream.server", "worker", "--tasks", "e2e_tasks"],
             cwd=ROOT,
             env={
                 **os.environ,

@@ -27,10 +27,10 @@ from reactpy import component, html, use_state
 from reactpy.core.layout import Layout
 from reactpy.core.types import ComponentType, VdomDict
 
-from app import Runtime, create_app
-from app.errors import NotFound
-from components import RealtimeStream, use_realtime_stream
-from sdk import StreamDefinition, streams
+from runstream import StreamDefinition, streams
+from runstream.components import RealtimeStream, use_realtime_stream
+from runstream.server import Runtime, create_app
+from runstream.server.core.errors import NotFound
 
 TASK = "hook-test"
 WORKER = "hook-test-worker"

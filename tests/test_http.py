@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import AUTH, ServerProcess, start_server
 
-from app import offsets
+from runstream.server.core import offsets
 
 TEXT = "text/plain"
 JSON = "application/json"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app.errors import BadRequest
-from app.json_messages import join_messages, split_messages
+from runstream.server.core.errors import Invalid
+from runstream.server.core.json_messages import join_messages, split_messages
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_messages_keep_the_exact_text_sent(text: str) -> None:
     ],
 )
 def test_invalid_json_is_a_bad_request(body: bytes) -> None:
-    with pytest.raises(BadRequest) as error:
+    with pytest.raises(Invalid) as error:
         split_messages(body)
 
     assert "not valid JSON" in error.value.message

@@ -29,7 +29,7 @@ from conftest import AUTH, SECRET_KEY, ServerProcess, start_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from app.auth import Auth
+from runstream.server.runs.auth import Auth
 
 JSON = "application/json"
 # Long enough for anything a test waits for; short enough that a hang fails instead of stalling.
@@ -1273,7 +1273,7 @@ def retention_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 def purge(instance_path: Path) -> subprocess.CompletedProcess[str]:
     """`runstream purge` on a server's instance folder, with that server's settings."""
     return subprocess.run(
-        [sys.executable, "-m", "app", "purge"],
+        [sys.executable, "-m", "runstream.server", "purge"],
         env={
             **os.environ,
             "RUNSTREAM_INSTANCE_PATH": str(instance_path),

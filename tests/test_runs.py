@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine
 
-from app.db import is_sqlite
-from app.errors import BadRequest, Conflict, NotFound
-from app.runs import RunRecord, Runs, RunStatus
+from runstream.identifiers import InvalidIdentifier
+from runstream.server.core.errors import Conflict, Invalid, NotFound
+from runstream.server.db import is_sqlite
+from runstream.server.runs.runs import RunRecord, Runs, RunStatus
 
 
 @pytest.fixture
@@ -84,14 +85,14 @@ def test_trigger_with_an_unknown_parent_is_not_found(runs: Runs) -> None:
 
 @pytest.mark.parametrize("task_id", ["", "has space", "-leading-dash", "x" * 129, "a/b"])
 def test_trigger_with_a_bad_task_id_is_a_bad_request(runs: Runs, task_id: str) -> None:
-    with pytest.raises(BadRequest, match="invalid task id"):
+    with pytest.raises(InvalidIdentifier, match="invalid task id"):
         runs.trigger(task_id, {})
 
     assert runs.page().runs == []
 
 
 def test_get_of_a_bad_or_unknown_run_id(runs: Runs) -> None:
-    with pytest.raises(BadRequest, match="invalid run id"):
+    with pytest.raises(InvalidIdentifier, match="invalid run id"):
         runs.get("not-a-run")
     with pytest.raises(NotFound):
         runs.get("run_ffffffff")
@@ -138,7 +139,7 @@ def test_claim_refuses_bad_arguments(
 ) -> None:
     runs.trigger("a", None)
 
-    with pytest.raises(BadRequest):
+    with pytest.raises(Invalid):
         runs.claim(worker_id, task_ids, limit)
 
     assert runs.page(status="QUEUED").runs[0].task_id == "a"
@@ -365,13 +366,13 @@ def test_page_lists_newest_first_and_filters(runs: Runs) -> None:
 
 
 def test_page_refuses_bad_status_and_limit(runs: Runs) -> None:
-    with pytest.raises(BadRequest, match="unknown status 'RUNNING'"):
+    with pytest.raises(Invalid, match="unknown status 'RUNNING'"):
         runs.page(status="RUNNING")
-    with pytest.raises(BadRequest, match="limit"):
+    with pytest.raises(Invalid, match="limit"):
         runs.page(limit=0)
-    with pytest.raises(BadRequest, match="limit"):
+    with pytest.raises(Invalid, match="limit"):
         runs.page(limit=101)
-    with pytest.raises(BadRequest, match="invalid cursor"):
+    with pytest.raises(InvalidIdentifier, match="invalid cursor"):
         runs.page(cursor="nonsense")
 
 

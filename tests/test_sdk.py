@@ -2,7 +2,7 @@
 Streams v2 PR (the seed), in snake_case, through both faces of the SDK.
 
 Each test that runs tasks takes ``face``: the asyncio API (``sdk``, driven with ``asyncio.run``)
-running the ``async def`` tasks of tests/sdk_tasks.py, or the blocking API (``sdk.sync``)
+running the ``async def`` tasks of tests/sdk_tasks.py, or the blocking API (``runstream.sync``)
 running their plain ``def`` twins. The worker is a real ``runstream worker --tasks sdk_tasks``
 subprocess.
 """
@@ -25,8 +25,8 @@ import sdk_tasks
 from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, start_server, within
 from sdk_tasks import FAILING_PIPE, SLOW_CHUNKS, TWO_PIPES, WRITER_CHUNKS, note
 
-import sdk.sync
-from sdk import (
+import runstream.sync
+from runstream import (
     ApiError,
     RunstreamError,
     StreamWriteError,
@@ -41,8 +41,8 @@ from sdk import (
     streams,
     task,
 )
-from sdk.runs import Run, RunStream
-from sdk.sync import streams as sync_streams
+from runstream.runs import Run, RunStream
+from runstream.sync import streams as sync_streams
 
 T = TypeVar("T")
 TESTS = Path(__file__).resolve().parent
@@ -88,7 +88,7 @@ class WorkerProcess:
 
 
 def start_worker(server: ServerProcess, log_dir: Path, *, concurrency: int) -> WorkerProcess:
-    """Start ``python -m app worker --tasks sdk_tasks`` on ``server`` and wait until it runs."""
+    """Start ``runstream worker --tasks sdk_tasks`` on ``server`` and wait until it runs."""
     log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -222,7 +222,7 @@ class AsyncFace(Face):
 
 
 class BlockingFace(Face):
-    """``from sdk.sync import streams, runs, auth`` and ``task.trigger_sync(...)``."""
+    """``from runstream.sync import streams, runs, auth`` and ``task.trigger_sync(...)``."""
 
     flavour = "sync"
     answer = sdk_tasks.sync_answer
@@ -249,16 +249,18 @@ class BlockingFace(Face):
         )
 
     def retrieve(self, run_id: str, *, access_token: str | None = None) -> Run:
-        return within(HANG_GUARD, lambda: sdk.sync.runs.retrieve(run_id, access_token=access_token))
+        return within(
+            HANG_GUARD, lambda: runstream.sync.runs.retrieve(run_id, access_token=access_token)
+        )
 
     def wait(self, run_id: str) -> Run:
-        return within(HANG_GUARD, lambda: sdk.sync.runs.wait_until_finished(run_id))
+        return within(HANG_GUARD, lambda: runstream.sync.runs.wait_until_finished(run_id))
 
     def cancel(self, run_id: str) -> Run:
-        return within(HANG_GUARD, lambda: sdk.sync.runs.cancel(run_id))
+        return within(HANG_GUARD, lambda: runstream.sync.runs.cancel(run_id))
 
     def create_public_token(self, **options: Any) -> str:
-        return sdk.sync.auth.create_public_token(**options)
+        return runstream.sync.auth.create_public_token(**options)
 
 
 @pytest.fixture(params=[AsyncFace(), BlockingFace()], ids=["asyncio", "blocking"])
@@ -603,7 +605,7 @@ async def collect_read(run_id: str, *key: str) -> list[Any]:
 
 
 def test_outside_a_task_pipe_append_and_writer_write_the_run_named_by_target_blocking() -> None:
-    """The same with ``sdk.sync``: a blocking source, a blocking ``stream``, blocking waits."""
+    """The same with ``runstream.sync``: a blocking source, a blocking stream, blocking waits."""
 
     def scenario() -> None:
         handle = never_claimed.trigger_sync({"messages": ["hi"]})
@@ -615,7 +617,7 @@ def test_outside_a_task_pipe_append_and_writer_write_the_run_named_by_target_blo
             "ai-stream", execute=lambda w: w.write("from a writer"), target=handle.id
         ).wait_until_complete()
         sync_streams.pipe(["x", "y"], target=handle.id).wait_until_complete()
-        sdk.sync.runs.cancel(handle.id)
+        runstream.sync.runs.cancel(handle.id)
 
         assert list(sync_streams.read(handle.id, "ai-stream", timeout_in_seconds=READ_TIMEOUT)) == [
             "Hel",
@@ -625,7 +627,7 @@ def test_outside_a_task_pipe_append_and_writer_write_the_run_named_by_target_blo
             "from a writer",
         ]
         assert list(sync_streams.read(handle.id, timeout_in_seconds=READ_TIMEOUT)) == ["x", "y"]
-        run = sdk.sync.runs.retrieve(handle.id)
+        run = runstream.sync.runs.retrieve(handle.id)
         assert streams_of(run) == {"ai-stream": (5, True), "default": (2, True)}
 
     within(HANG_GUARD, scenario)
@@ -838,7 +840,7 @@ def test_a_non_ascii_chunk_under_the_limit_as_json_text_is_stored() -> None:
     try:
         within(HANG_GUARD, lambda: sync_streams.append("accents", chunk, target=handle.id))
     finally:
-        sdk.sync.runs.cancel(handle.id)
+        runstream.sync.runs.cancel(handle.id)
 
     assert arun(collect_read(handle.id, "accents")) == [chunk]
 
@@ -857,7 +859,7 @@ def test_append_of_a_value_that_is_not_json_raises_type_error_at_once() -> None:
 
         arun(scenario())
     finally:
-        sdk.sync.runs.cancel(handle.id)
+        runstream.sync.runs.cancel(handle.id)
 
 
 def test_a_refused_append_leaves_no_writer_holding_the_stream_open() -> None:
@@ -899,7 +901,7 @@ def test_a_chunk_that_is_not_a_json_value_such_as_nan_is_refused_at_once() -> No
                 ).wait_until_complete(),
             )
     finally:
-        sdk.sync.runs.cancel(handle.id)
+        runstream.sync.runs.cancel(handle.id)
     assert arun(collect_read(handle.id, "piped")) == ["a"]
 
 
@@ -918,7 +920,7 @@ def test_a_string_chunk_with_a_lone_surrogate_is_stored_or_refused_never_retried
     try:
         stored = arun(scenario())
     finally:
-        sdk.sync.runs.cancel(handle.id)
+        runstream.sync.runs.cancel(handle.id)
     assert stored in (None, ["\ud800"])
 
 
@@ -966,7 +968,7 @@ def test_a_worker_stopped_with_sigterm_finishes_its_running_run_first(
     try:
         running = sdk_tasks.slow_pipe_async.trigger_sync()
         deadline = time.monotonic() + HANG_GUARD
-        while sdk.sync.runs.retrieve(running.id).status == "QUEUED":
+        while runstream.sync.runs.retrieve(running.id).status == "QUEUED":
             assert time.monotonic() < deadline, "the worker never claimed the run"
             time.sleep(0.02)
         behind = sdk_tasks.slow_pipe_sync.trigger_sync()
@@ -974,8 +976,8 @@ def test_a_worker_stopped_with_sigterm_finishes_its_running_run_first(
         code = lone_worker.stop()
 
     assert code == 0, lone_worker.log_path.read_text()
-    run = sdk.sync.runs.retrieve(running.id)
+    run = runstream.sync.runs.retrieve(running.id)
     assert run.status == "COMPLETED", run.error
     assert streams_of(run) == {"slow": (len(SLOW_CHUNKS), True)}
-    assert sdk.sync.runs.retrieve(behind.id).status in ("QUEUED", "COMPLETED")
-    sdk.sync.runs.cancel(behind.id)
+    assert runstream.sync.runs.retrieve(behind.id).status in ("QUEUED", "COMPLETED")
+    runstream.sync.runs.cancel(behind.id)

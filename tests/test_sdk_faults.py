@@ -22,11 +22,11 @@ import httpx
 import pytest
 from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, within
 
-import sdk.streams
-import sdk.sync
-from sdk import RunstreamError, StreamWriteError, TaskContext, configure, runs, streams, task
-from sdk._ws import ChunkWriter, read_chunks
-from sdk.sync import streams as sync_streams
+import runstream.streams
+import runstream.sync
+from runstream import RunstreamError, StreamWriteError, TaskContext, configure, runs, streams, task
+from runstream._ws import ChunkWriter, read_chunks
+from runstream.sync import streams as sync_streams
 
 T = TypeVar("T")
 CHUNKS = [f"chunk-{i:04d}" for i in range(2000)]
@@ -306,7 +306,7 @@ def test_a_pipe_whose_connections_keep_being_cut_stores_every_chunk_once_in_orde
 def test_a_pipe_whose_connections_keep_being_cut_stores_every_chunk_once_in_order_blocking(
     server: ServerProcess, proxy: Proxy
 ) -> None:
-    """The same with ``sdk.sync`` and a plain generator as the source."""
+    """The same with ``runstream.sync`` and a plain generator as the source."""
     run_id = queued_run(server)
     configure(api_url=proxy.url, secret_key=SECRET_KEY)
 
@@ -380,7 +380,7 @@ def test_a_reader_whose_connections_keep_being_cut_yields_every_chunk_once_in_or
                 await asyncio.sleep(0.003)
             yield chunk
 
-    async def finish(piped: sdk.StreamHandle[str]) -> None:
+    async def finish(piped: runstream.StreamHandle[str]) -> None:
         await piped.wait_until_complete()
         await asyncio.to_thread(end_run, server, run_id)
 
@@ -412,7 +412,7 @@ def test_a_reader_whose_connections_keep_being_cut_yields_every_chunk_once_in_or
 def test_a_blocking_reader_whose_connections_are_cut_yields_every_stored_chunk_once(
     server: ServerProcess, proxy: Proxy
 ) -> None:
-    """``sdk.sync`` reading a stored, ended stream from ``start_index`` through a proxy that
+    """``runstream.sync`` reading a stored, ended stream from ``start_index`` through a proxy that
     cuts the connection as each chunk arrives: every chunk from the start index, once, in
     order."""
     run_id = queued_run(server)
@@ -438,15 +438,15 @@ def test_a_blocking_reader_whose_connections_are_cut_yields_every_stored_chunk_o
 def quick_give_up(monkeypatch: pytest.MonkeyPatch) -> float:
     """Writers and readers give up after 0.5 s of an unreachable server instead of 30 s.
 
-    (``sdk._ws.GIVE_UP_AFTER`` is bound as a default argument when the module loads, so
+    (``runstream._ws.GIVE_UP_AFTER`` is bound as a default argument when the module loads, so
     patching it changes nothing: the SDK's use of ChunkWriter and read_chunks is patched.)
     """
     seconds = 0.5
     monkeypatch.setattr(
-        sdk.streams, "ChunkWriter", functools.partial(ChunkWriter, give_up_after=seconds)
+        runstream.streams, "ChunkWriter", functools.partial(ChunkWriter, give_up_after=seconds)
     )
     monkeypatch.setattr(
-        sdk.streams, "read_chunks", functools.partial(read_chunks, give_up_after=seconds)
+        runstream.streams, "read_chunks", functools.partial(read_chunks, give_up_after=seconds)
     )
     return seconds
 

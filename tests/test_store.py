@@ -16,10 +16,20 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from app import offsets
-from app.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge, StreamError
-from app.hub import InProcessHub
-from app.store import (
+from runstream.server.core import offsets
+from runstream.server.core.errors import (
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    ProducerFenced,
+    RunstreamError,
+    SequenceGap,
+    StreamClosed,
+    TooLarge,
+)
+from runstream.server.core.hub import InProcessHub
+from runstream.server.core.store import (
     AppendRequest,
     AppendResult,
     CreateRequest,
@@ -244,7 +254,7 @@ def test_offsets_sort_lexicographically_in_stream_order() -> None:
 )
 def test_decoding_a_malformed_offset_is_a_bad_request(offset: str) -> None:
     """Only offsets this server hands out decode; anything else is a 400 naming the offset."""
-    with pytest.raises(BadRequest) as error:
+    with pytest.raises(Invalid) as error:
         offsets.decode(offset)
 
     assert "offset" in error.value.message
@@ -277,7 +287,7 @@ def test_read_at_the_tail_returns_nothing_and_is_up_to_date(store: Store) -> Non
 def test_read_past_the_tail_is_a_bad_request(store: Store) -> None:
     store.create("s", CreateRequest(TEXT, messages=[b"a"]))
 
-    with pytest.raises(BadRequest) as error:
+    with pytest.raises(Invalid) as error:
         store.read("s", 2, max_bytes=EVERYTHING)
 
     assert "past the stream's tail" in error.value.message
@@ -342,12 +352,12 @@ def test_appends_beyond_the_stream_size_limit_are_refused(engine: Engine) -> Non
     store = Store(engine, InProcessHub(), max_stream_bytes=10)
     store.create("s", CreateRequest(TEXT, messages=[b"12345678"]))
 
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(TooLarge):
         append(store, "s", b"abc")
     append(store, "s", b"ab")
 
     assert contents(store, "s") == [b"12345678", b"ab"]
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(TooLarge):
         store.create("big", CreateRequest(TEXT, messages=[b"x" * 11]))
     with pytest.raises(NotFound):
         store.head("big")
@@ -387,10 +397,10 @@ def test_producer_sequence_gap_conflicts_with_expected_and_received(store: Store
     append(store, "s", b"m0", producer=claim("p", 0, 0))
     before = snapshot(store, "s")
 
-    with pytest.raises(Conflict) as error:
+    with pytest.raises(SequenceGap) as error:
         append(store, "s", b"m2", producer=claim("p", 0, 2))
 
-    assert error.value.headers == {"Producer-Expected-Seq": "1", "Producer-Received-Seq": "2"}
+    assert (error.value.expected, error.value.received) == (1, 2)
     assert snapshot(store, "s") == before
     assert append(store, "s", b"m1", producer=claim("p", 0, 1)).stored is True
 
@@ -402,10 +412,10 @@ def test_stale_producer_epoch_is_forbidden(store: Store) -> None:
     append(store, "s", b"b", producer=claim("p", 1, 0))
     before = snapshot(store, "s")
 
-    with pytest.raises(Forbidden) as error:
+    with pytest.raises(ProducerFenced) as error:
         append(store, "s", b"zombie", producer=claim("p", 0, 1))
 
-    assert error.value.headers == {"Producer-Epoch": "1"}
+    assert error.value.current_epoch == 1
     assert snapshot(store, "s") == before
 
 
@@ -429,7 +439,7 @@ def test_new_epoch_with_nonzero_seq_is_a_bad_request(store: Store) -> None:
     append(store, "s", b"a", producer=claim("p", 0, 0))
     before = snapshot(store, "s")
 
-    with pytest.raises(BadRequest) as error:
+    with pytest.raises(Invalid) as error:
         append(store, "s", b"b", producer=claim("p", 1, 5))
 
     assert "Producer-Seq 0" in error.value.message
@@ -441,10 +451,10 @@ def test_new_producer_must_start_at_seq_zero(store: Store) -> None:
     """A producer the stream has never seen is refused at seq 3, accepted at seq 0 (any epoch)."""
     store.create("s", CreateRequest(TEXT))
 
-    with pytest.raises(Conflict) as error:
+    with pytest.raises(SequenceGap) as error:
         append(store, "s", b"late", producer=claim("p", 0, 3))
 
-    assert error.value.headers["Producer-Expected-Seq"] == "0"
+    assert error.value.expected == 0
     assert contents(store, "s") == []
     assert append(store, "s", b"first", producer=claim("p", 7, 0)).stored is True
     assert contents(store, "s") == [b"first"]
@@ -485,10 +495,10 @@ def test_producer_retry_is_recognised_before_the_stream_seq_check(store: Store) 
     assert contents(store, "s") == [b"a"]
 
 
-REJECTED_APPENDS: dict[str, tuple[AppendRequest, type[StreamError]]] = {
+REJECTED_APPENDS: dict[str, tuple[AppendRequest, type[RunstreamError]]] = {
     "gap": (AppendRequest([b"x"], producer=claim("p", 1, 3)), Conflict),
-    "stale-epoch": (AppendRequest([b"x"], producer=claim("p", 0, 2)), Forbidden),
-    "new-epoch-nonzero-seq": (AppendRequest([b"x"], producer=claim("p", 2, 1)), BadRequest),
+    "stale-epoch": (AppendRequest([b"x"], producer=claim("p", 0, 2)), ProducerFenced),
+    "new-epoch-nonzero-seq": (AppendRequest([b"x"], producer=claim("p", 2, 1)), Invalid),
     "new-producer-nonzero-seq": (AppendRequest([b"x"], producer=claim("q", 0, 1)), Conflict),
     "stream-seq-lower": (AppendRequest([b"x"], stream_seq="a"), Conflict),
     "stream-seq-equal": (AppendRequest([b"x"], stream_seq="b"), Conflict),
@@ -609,13 +619,10 @@ def test_append_after_close_conflicts_with_the_final_offset(
     append(store, "s", b"b", producer=claim("p", 0, 0), close=True)
     before = snapshot(store, "s")
 
-    with pytest.raises(Conflict) as error:
+    with pytest.raises(StreamClosed) as error:
         store.append("s", request_)
 
-    assert error.value.headers == {
-        "Stream-Closed": "true",
-        "Stream-Next-Offset": offsets.encode(2),
-    }
+    assert error.value.next_position == 2
     assert snapshot(store, "s") == before
 
 
@@ -746,7 +753,7 @@ def test_expires_at_is_not_extended_by_reads(store: Store) -> None:
 def test_a_ttl_over_a_century_is_refused(store: Store) -> None:
     """A TTL of 10^12 s would overflow date arithmetic on every later access: it is refused
     with a message that gives the limit, and nothing is created."""
-    with pytest.raises(BadRequest, match="Stream-TTL must be from 0 to"):
+    with pytest.raises(Invalid, match="Stream-TTL must be from 0 to"):
         store.create("s", CreateRequest(TEXT, messages=[b"a"], ttl_seconds=10**12))
     with pytest.raises(NotFound):
         store.head("s")
@@ -770,13 +777,13 @@ def test_over_long_names_are_refused_and_change_nothing(
     if field in ("path", "content-type"):
         path = long if field == "path" else "s"
         content_type = f"text/{long}" if field == "content-type" else TEXT
-        with pytest.raises(BadRequest, match=f"{named} is .* characters long; the limit is"):
+        with pytest.raises(Invalid, match=f"{named} is .* characters long; the limit is"):
             store.create(path, CreateRequest(content_type, messages=[b"a"]))
         return
     store.create("s", CreateRequest(TEXT, messages=[b"a"]))
     producer = claim(long, 0, 0) if field == "producer-id" else None
     stream_seq = long if field == "stream-seq" else None
-    with pytest.raises(BadRequest, match=f"{named} is .* characters long; the limit is"):
+    with pytest.raises(Invalid, match=f"{named} is .* characters long; the limit is"):
         append(store, "s", b"b", producer=producer, stream_seq=stream_seq)
     assert contents(store, "s") == [b"a"]
 
@@ -785,7 +792,7 @@ def test_over_long_names_are_refused_and_change_nothing(
 def test_a_path_with_a_control_character_is_refused(store: Store, path: str) -> None:
     """A stream path may arrive with a NUL or a newline in it (``/v1/stream/a%00b``): creating
     it is a 400 that says why, and reading it is a plain 404, on every database."""
-    with pytest.raises(BadRequest, match="control characters"):
+    with pytest.raises(Invalid, match="control characters"):
         store.create(path, CreateRequest(TEXT, messages=[b"a"]))
     with pytest.raises(NotFound):
         store.head(path)
@@ -961,7 +968,7 @@ def test_fork_json_sub_offset_inherits_that_many_messages(store: Store) -> None:
 
     assert fork.stream.next_position == 2
     assert contents(store, "fork") == [b'{"a":1}', b'{"b":2}', b'{"d":4}']
-    with pytest.raises(BadRequest):
+    with pytest.raises(Invalid):
         store.create("over", CreateRequest("", fork=ForkRequest("src", offsets.START, 4)))
 
 
@@ -976,9 +983,9 @@ def test_fork_byte_sub_offset_copies_a_message_prefix(store: Store) -> None:
     assert b"".join(contents(store, "fork")) == b"firsthelLO"
     assert b"".join(contents(store, "whole")) == b"firsthello"
     assert contents(store, "src") == [b"first", b"hello", b"after"]
-    with pytest.raises(BadRequest):
+    with pytest.raises(Invalid):
         store.create("over", CreateRequest("", fork=ForkRequest("src", offsets.encode(1), 6)))
-    with pytest.raises(BadRequest):
+    with pytest.raises(Invalid):
         store.create("at-tail", CreateRequest("", fork=ForkRequest("src", None, 1)))
 
 
@@ -993,12 +1000,12 @@ def test_byte_sub_offsets_compose_across_fork_levels(store: Store) -> None:
 
 
 def test_fork_creation_errors(store: Store) -> None:
-    """Missing source: NotFound; offset past the tail: BadRequest; other type: Conflict."""
+    """Missing source: NotFound; offset past the tail: Invalid; other type: Conflict."""
     store.create("src", CreateRequest(TEXT, messages=[b"a"]))
 
     with pytest.raises(NotFound):
         store.create("f1", CreateRequest("", fork=ForkRequest("missing")))
-    with pytest.raises(BadRequest):
+    with pytest.raises(Invalid):
         store.create("f2", CreateRequest("", fork=ForkRequest("src", offsets.encode(2))))
     with pytest.raises(Conflict):
         store.create("f3", CreateRequest(JSON, fork=ForkRequest("src")))

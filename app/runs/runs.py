@@ -12,7 +12,6 @@ that is how a run's streams learn that their run has ended.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -22,15 +21,15 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
 
-from .db import is_sqlite, reading, writing
-from .errors import BadRequest, Conflict, NotFound
-from .models import Run
-from .store import utcnow
+from runstream.identifiers import check_run_id, check_task_id
+
+from ..core.clock import format_timestamp, utcnow
+from ..core.errors import Conflict, Invalid, NotFound
+from ..db import is_sqlite, reading, writing
+from ..db.models import Run
 
 runs_table = cast(Table, Run.__table__)
 
-RUN_ID = re.compile(r"run_[A-Za-z0-9]{1,60}")
-TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_PAGE_SIZE = 100
 
 
@@ -171,7 +170,7 @@ class Runs:
     ) -> RunPage:
         """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise BadRequest(f"limit must be from 1 to {MAX_PAGE_SIZE}, not {limit}")
+            raise Invalid(f"limit must be from 1 to {MAX_PAGE_SIZE}, not {limit}")
         query = select(*RunRecord.columns())
         if status is not None:
             query = query.where(runs_table.c.status == _status(status).value)
@@ -204,11 +203,11 @@ class Runs:
     def claim(self, worker_id: str, task_ids: Sequence[str], limit: int = 1) -> list[RunRecord]:
         """Move up to ``limit`` of the oldest queued runs of these tasks to this worker."""
         if not worker_id:
-            raise BadRequest("worker_id must not be empty")
+            raise Invalid("worker_id must not be empty")
         if not task_ids:
-            raise BadRequest("task_ids must name at least one task")
+            raise Invalid("task_ids must name at least one task")
         if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise BadRequest(f"limit must be from 1 to {MAX_PAGE_SIZE}, not {limit}")
+            raise Invalid(f"limit must be from 1 to {MAX_PAGE_SIZE}, not {limit}")
         now = utcnow()
         with writing(self.engine) as conn:
             query = (
@@ -370,30 +369,13 @@ class Runs:
         return run
 
 
-def check_run_id(run_id: str, *, what: str = "run id") -> str:
-    if not RUN_ID.fullmatch(run_id):
-        raise BadRequest(
-            f"invalid {what} {run_id[:80]!r}: run ids look like run_ followed by letters and digits"
-        )
-    return run_id
-
-
-def check_task_id(task_id: str) -> str:
-    if not TASK_ID.fullmatch(task_id):
-        raise BadRequest(
-            f"invalid task id {task_id[:80]!r}: use up to 128 letters, digits and . _ : -, "
-            "starting with a letter or digit"
-        )
-    return task_id
-
-
 def _status(value: str) -> RunStatus:
     try:
         return RunStatus(value.upper())
     except ValueError:
         names = ", ".join(status.value for status in RunStatus)
-        raise BadRequest(f"unknown status {value!r}: use one of {names}") from None
+        raise Invalid(f"unknown status {value!r}: use one of {names}") from None
 
 
 def _timestamp(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return format_timestamp(value) if value is not None else None

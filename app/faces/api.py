@@ -1,30 +1,57 @@
 """The runs API, JSON over HTTP at ``/api/v1``: triggering runs, reading them, and the calls a
 worker makes to claim, keep, complete or fail them.
 
-Every error is a JSON object ``{"error": "<what was wrong>"}`` with a 4xx status.
+Every answer under ``/api/`` is JSON, errors included: ``{"error": "<what was wrong>"}`` with the
+status that says what kind of error it was, for refusals of the core as for unknown paths (404),
+wrong methods (405) and failures of the server itself (500).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from . import runtime
-from .auth import parse_duration
-from .errors import BadRequest, StreamError
-from .json_messages import parse_strict
-from .runs import RunRecord, check_task_id
-from .web import caller, read_body
+from runstream.identifiers import check_task_id
 
+from ..core.errors import Invalid
+from ..core.json_messages import parse_strict
+from ..runs.auth import parse_duration
+from ..runs.runs import RunRecord
+from ..runtime import runtime
+from .errors import REFUSALS, answer_for, message_of
+from .requests import caller, read_body
+
+PREFIX = "/api/"
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-@blueprint.errorhandler(StreamError)
-def api_error(error: StreamError) -> tuple[Response, int]:
-    response = jsonify(error=error.message)
-    response.headers.update(error.headers)
-    return response, error.status
+def init_app(app: Flask) -> None:
+    app.register_blueprint(blueprint)
+    # Unknown paths and wrong methods under /api/ never reach the blueprint, and a failure of
+    # the server is handled after it: the application's handlers answer them as JSON too.
+    app.register_error_handler(HTTPException, http_error)
+
+
+def refused(error: Exception) -> tuple[Response, int]:
+    return jsonify(error=message_of(error)), answer_for(error).status
+
+
+for refusal in REFUSALS:
+    blueprint.register_error_handler(refusal, refused)
+
+
+def http_error(error: HTTPException) -> Response | HTTPException:
+    """JSON under /api/; elsewhere the error as Flask would answer it."""
+    if not request.path.startswith(PREFIX):
+        return error
+    response = jsonify(error=error.description or error.name)
+    response.status_code = error.code or 500
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 @blueprint.post("/tasks/<task_id>/trigger")
@@ -53,8 +80,8 @@ def list_runs() -> Response:
     """Runs, newest first. Query: ``status``, ``task``, ``cursor``, ``limit`` (1 to 100)."""
     caller().require_all_runs()
     limit_text = request.args.get("limit", "20")
-    if not limit_text.isdigit():
-        raise BadRequest(f"limit must be a whole number, not {limit_text!r}")
+    if not (limit_text.isascii() and limit_text.isdigit()):
+        raise Invalid(f"limit must be a whole number, not {limit_text!r}")
     page = runtime().runs.page(
         status=request.args.get("status") or None,
         task_id=request.args.get("task") or None,
@@ -71,10 +98,10 @@ def claim() -> Response:
     body = json_object()
     task_ids = body.get("task_ids")
     if not isinstance(task_ids, list) or not all(isinstance(task, str) for task in task_ids):
-        raise BadRequest("task_ids must be a list of task ids")
+        raise Invalid("task_ids must be a list of task ids")
     limit = body.get("limit", 1)
     if not isinstance(limit, int) or isinstance(limit, bool):
-        raise BadRequest("limit must be a whole number")
+        raise Invalid("limit must be a whole number")
     claimed = runtime().runs.claim(required_string(body, "worker_id"), task_ids, limit)
     return jsonify(runs=[run.to_json() for run in claimed])
 
@@ -102,7 +129,7 @@ def fail(run_id: str) -> Response:
     caller().require_secret("failing a run")
     body = json_object()
     if body.get("error") is None:
-        raise BadRequest("error is required: say what went wrong")
+        raise Invalid("error is required: say what went wrong")
     run = runtime().runs.fail(run_id, required_string(body, "worker_id"), body["error"])
     return jsonify(run.to_json())
 
@@ -120,10 +147,10 @@ def create_public_token() -> tuple[Response, int]:
     body = json_object()
     scopes = body.get("scopes")
     if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
-        raise BadRequest('scopes must be a list such as ["read:runs:run_..."]')
+        raise Invalid('scopes must be a list such as ["read:runs:run_..."]')
     expiration = body.get("expiration", "1h")
     if not isinstance(expiration, str | int) or isinstance(expiration, bool):
-        raise BadRequest('expiration must be seconds or a duration such as "1h"')
+        raise Invalid('expiration must be seconds or a duration such as "1h"')
     token = runtime().auth.create_public_token(scopes, parse_duration(expiration))
     return jsonify(token=token), 201
 
@@ -149,19 +176,19 @@ def json_object() -> dict[str, Any]:
         return {}
     value = parse_strict(body)
     if not isinstance(value, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise Invalid("the body must be a JSON object")
     return value
 
 
 def required_string(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} is required and must be a non-empty string")
+        raise Invalid(f"{name} is required and must be a non-empty string")
     return value
 
 
 def optional_string(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
+        raise Invalid(f"{name} must be a string")
     return value

@@ -25,12 +25,14 @@ from datetime import timedelta
 
 import jwt
 
-from .errors import BadRequest, Forbidden, Unauthorized
-from .store import utcnow
+from runstream.identifiers import is_run_id
+
+from ..core.clock import utcnow
+from ..core.errors import Invalid, NotPermitted, Unauthenticated
 
 SECRET_KEY_FILE = "secret_key"
 READ_ALL_RUNS = "read:runs"
-_RUN_SCOPE = re.compile(r"read:runs:(run_[A-Za-z0-9]{1,60})")
+READ_RUN_PREFIX = "read:runs:"
 _DURATION = re.compile(r"([1-9][0-9]*)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_TOKEN_LIFETIME = timedelta(days=365)
@@ -46,20 +48,24 @@ class Principal:
 
     def can_read_run(self, run_id: str) -> bool:
         return (
-            self.is_secret or READ_ALL_RUNS in self.scopes or f"read:runs:{run_id}" in self.scopes
+            self.is_secret
+            or READ_ALL_RUNS in self.scopes
+            or READ_RUN_PREFIX + run_id in self.scopes
         )
 
     def require_all_runs(self) -> None:
         if not (self.is_secret or READ_ALL_RUNS in self.scopes):
-            raise Forbidden(f"listing runs needs the secret key or a token with {READ_ALL_RUNS}")
+            raise NotPermitted(f"listing runs needs the secret key or a token with {READ_ALL_RUNS}")
 
     def require_secret(self, action: str) -> None:
         if not self.is_secret:
-            raise Forbidden(f"{action} needs the secret key; a public access token can only read")
+            raise NotPermitted(
+                f"{action} needs the secret key; a public access token can only read"
+            )
 
     def require_run(self, run_id: str) -> None:
         if not self.can_read_run(run_id):
-            raise Forbidden(f"this token may not read run {run_id}")
+            raise NotPermitted(f"this token may not read run {run_id}")
 
 
 EVERYONE = Principal(is_secret=True)
@@ -70,19 +76,30 @@ class Auth:
         self.secret_key = secret_key
         self.disabled = disabled
         # Tokens are signed with a key derived from the secret key, never with the key itself.
-        self._token_key = hmac.new(
-            secret_key.encode(), b"runstream public access tokens", hashlib.sha256
+        self._token_key = self.derive_key("public access tokens")
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for one purpose (signing tokens, dashboard sessions), derived from the secret
+        key so that no purpose ever holds the secret key itself."""
+        return hmac.new(
+            self.secret_key.encode(), f"runstream {purpose}".encode(), hashlib.sha256
         ).digest()
+
+    def is_secret_key(self, credential: str) -> bool:
+        """Compare in constant time, so that timing reveals nothing of the key."""
+        return hmac.compare_digest(credential.encode(), self.secret_key.encode())
 
     def create_public_token(self, scopes: Iterable[str], expires_in: timedelta) -> str:
         scopes = sorted(set(scopes))
         if not scopes:
-            raise BadRequest("a public access token needs at least one scope, such as read:runs")
+            raise Invalid("a public access token needs at least one scope, such as read:runs")
         for scope in scopes:
-            if scope != READ_ALL_RUNS and not _RUN_SCOPE.fullmatch(scope):
-                raise BadRequest(f"unknown scope {scope!r}: use read:runs or read:runs:<run id>")
+            if scope != READ_ALL_RUNS and not (
+                scope.startswith(READ_RUN_PREFIX) and is_run_id(scope[len(READ_RUN_PREFIX) :])
+            ):
+                raise Invalid(f"unknown scope {scope!r}: use read:runs or read:runs:<run id>")
         if not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
-            raise BadRequest("a token must expire after more than 0 seconds and at most 365 days")
+            raise Invalid("a token must expire after more than 0 seconds and at most 365 days")
         now = utcnow()
         claims = {"iss": ISSUER, "iat": now, "exp": now + expires_in, "scopes": scopes}
         return jwt.encode(claims, self._token_key, algorithm="HS256")
@@ -91,15 +108,15 @@ class Auth:
         """The principal a credential stands for; 401 when it is missing or not valid."""
         if self.disabled:
             if not is_loopback(remote_addr):
-                raise Forbidden(
+                raise NotPermitted(
                     "authentication is disabled on this server, so it serves loopback clients only"
                 )
             return EVERYONE
         if not credential:
-            raise Unauthorized(
+            raise Unauthenticated(
                 "send the secret key or a public access token as 'Authorization: Bearer <token>'"
             )
-        if hmac.compare_digest(credential.encode(), self.secret_key.encode()):
+        if self.is_secret_key(credential):
             return EVERYONE
         try:
             claims = jwt.decode(
@@ -110,14 +127,14 @@ class Auth:
                 options={"require": ["exp", "iat", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("the access token has expired: ask for a new one") from None
+            raise Unauthenticated("the access token has expired: ask for a new one") from None
         except jwt.InvalidTokenError:
-            raise Unauthorized(
+            raise Unauthenticated(
                 "the credential is neither the secret key nor a valid token"
             ) from None
         scopes = claims.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
-            raise Unauthorized("the access token carries no scopes")
+            raise Unauthenticated("the access token carries no scopes")
         return Principal(is_secret=False, scopes=frozenset(scopes))
 
 
@@ -133,7 +150,7 @@ def parse_duration(value: str | int) -> timedelta:
     """``"1h"``, ``"15m"``, ``"7d"``, ``"30s"`` or a number of seconds."""
     match = _DURATION.fullmatch(str(value).strip())
     if match is None:
-        raise BadRequest(
+        raise Invalid(
             f"invalid expiration {value!r}: use a number of seconds or a duration such as "
             "15m, 1h or 7d"
         )

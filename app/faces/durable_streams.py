@@ -17,13 +17,24 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
-from . import cursors, offsets, runtime
-from .content_types import DEFAULT, is_json, is_text
-from .errors import BadRequest, StreamError
-from .json_messages import join_messages, split_messages
-from .run_streams import parse_stream_path
-from .store import AppendRequest, CreateRequest, ForkRequest, ProducerClaim, ReadResult, Store
-from .web import caller, read_body
+from ..core import offsets
+from ..core.clock import format_timestamp
+from ..core.content_types import DEFAULT, is_json, is_text
+from ..core.errors import Invalid
+from ..core.json_messages import join_messages, split_messages
+from ..core.store import (
+    AppendRequest,
+    CreateRequest,
+    ForkRequest,
+    ProducerClaim,
+    ReadResult,
+    Store,
+)
+from ..runs.run_streams import parse_stream_path
+from ..runtime import runtime
+from . import cursors
+from .errors import REFUSALS, answer_for, message_of, protocol_headers
+from .requests import caller, read_body
 
 blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
 
@@ -54,11 +65,14 @@ EXPOSED_HEADERS = ", ".join(
 # -- responses -------------------------------------------------------------------------------
 
 
-@blueprint.errorhandler(StreamError)
-def stream_error(error: StreamError) -> Response:
-    response = error_response(error.status, error.message)
-    response.headers.update(error.headers)
+def refused(error: Exception) -> Response:
+    response = error_response(answer_for(error).status, message_of(error))
+    response.headers.update(protocol_headers(error))
     return response
+
+
+for refusal in REFUSALS:
+    blueprint.register_error_handler(refusal, refused)
 
 
 def error_response(status: int, message: str) -> Response:
@@ -175,7 +189,7 @@ def inherited_content_type(store: Store, fork: ForkRequest) -> str:
     """
     try:
         return store.head(fork.source_path).content_type
-    except StreamError:
+    except REFUSALS:
         return ""
 
 
@@ -184,9 +198,9 @@ def append(store: Store, path: str) -> Response:
     body = read_body()
     content_type = request.headers.get("Content-Type")
     if not body and not close:
-        raise BadRequest("the body is empty: send data to append, or Stream-Closed: true to close")
+        raise Invalid("the body is empty: send data to append, or Stream-Closed: true to close")
     if body and not content_type:
-        raise BadRequest("Content-Type is required when appending data")
+        raise Invalid("Content-Type is required when appending data")
     claim = parse_producer()
     messages = (
         parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
@@ -223,7 +237,7 @@ def head(store: Store, path: str) -> Response:
     if info.ttl_seconds is not None:
         response.headers["Stream-TTL"] = str(info.ttl_seconds)
     if info.expires_at is not None:
-        response.headers["Stream-Expires-At"] = format_time(info.expires_at)
+        response.headers["Stream-Expires-At"] = format_timestamp(info.expires_at)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -231,12 +245,12 @@ def head(store: Store, path: str) -> Response:
 def read(store: Store, path: str) -> Response:
     live = request.args.get("live")
     if live not in (None, "long-poll", "sse"):
-        raise BadRequest(f"live must be long-poll or sse, not {live!r}")
+        raise Invalid(f"live must be long-poll or sse, not {live!r}")
     given = request.args.getlist("offset")
     if len(given) > 1:
-        raise BadRequest("give one offset, not several")
+        raise Invalid("give one offset, not several")
     if not given and live is not None:
-        raise BadRequest(f"live={live} needs an offset: -1, now, or a Stream-Next-Offset value")
+        raise Invalid(f"live={live} needs an offset: -1, now, or a Stream-Next-Offset value")
     position = parse_read_offset(given[0] if given else offsets.START)
     settings = runtime().settings
     if live == "sse":
@@ -342,7 +356,7 @@ def sse(store: Store, path: str, position: int | None) -> Response:
                     result = store.read(
                         path, result.next_position, max_bytes=settings.max_read_bytes
                     )
-                except StreamError:
+                except REFUSALS:
                     return  # deleted or expired while we were reading
 
     response = Response(events(), status=200, content_type="text/event-stream")
@@ -403,7 +417,7 @@ def parse_messages(content_type: str, body: bytes, *, allow_empty_batch: bool) -
         return [body]
     messages = split_messages(body)
     if not messages and not allow_empty_batch:
-        raise BadRequest("an empty JSON array appends nothing; send at least one message")
+        raise Invalid("an empty JSON array appends nothing; send at least one message")
     return messages
 
 
@@ -411,11 +425,11 @@ def parse_expiry() -> tuple[int | None, datetime | None]:
     ttl_header = request.headers.get("Stream-TTL")
     expires_header = request.headers.get("Stream-Expires-At")
     if ttl_header is not None and expires_header is not None:
-        raise BadRequest("send Stream-TTL or Stream-Expires-At, not both")
+        raise Invalid("send Stream-TTL or Stream-Expires-At, not both")
     ttl = None
     if ttl_header is not None:
         if not _DECIMAL.fullmatch(ttl_header):
-            raise BadRequest(
+            raise Invalid(
                 f"Stream-TTL must be a whole number of seconds such as 3600, not {ttl_header!r}"
             )
         ttl = int(ttl_header)
@@ -426,7 +440,7 @@ def parse_expiry() -> tuple[int | None, datetime | None]:
 def parse_time(value: str) -> datetime:
     match = _RFC3339.fullmatch(value.strip())
     if match is None:
-        raise BadRequest(
+        raise Invalid(
             "Stream-Expires-At must be an RFC 3339 time such as 2030-01-01T00:00:00Z, "
             f"not {value!r}"
         )
@@ -436,11 +450,7 @@ def parse_time(value: str) -> datetime:
     try:
         return datetime.fromisoformat(f"{date}T{clock}{fraction}{zone}").astimezone(UTC)
     except (ValueError, OverflowError) as error:
-        raise BadRequest(f"Stream-Expires-At {value!r} is not a valid time: {error}") from None
-
-
-def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        raise Invalid(f"Stream-Expires-At {value!r} is not a valid time: {error}") from None
 
 
 def parse_producer() -> ProducerClaim | None:
@@ -449,10 +459,10 @@ def parse_producer() -> ProducerClaim | None:
     if all(value is None for value in values):
         return None
     if any(value is None for value in values):
-        raise BadRequest("send Producer-Id, Producer-Epoch and Producer-Seq together, or none")
+        raise Invalid("send Producer-Id, Producer-Epoch and Producer-Seq together, or none")
     producer_id, epoch, seq = (value or "" for value in values)
     if not producer_id:
-        raise BadRequest("Producer-Id must not be empty")
+        raise Invalid("Producer-Id must not be empty")
     return ProducerClaim(
         producer_id, parse_counter("Producer-Epoch", epoch), parse_counter("Producer-Seq", seq)
     )
@@ -460,7 +470,7 @@ def parse_producer() -> ProducerClaim | None:
 
 def parse_counter(name: str, value: str) -> int:
     if not _DECIMAL.fullmatch(value) or int(value) > MAX_SAFE_INTEGER:
-        raise BadRequest(f"{name} must be an integer from 0 to {MAX_SAFE_INTEGER}, not {value!r}")
+        raise Invalid(f"{name} must be an integer from 0 to {MAX_SAFE_INTEGER}, not {value!r}")
     return int(value)
 
 
@@ -468,15 +478,11 @@ def parse_fork() -> ForkRequest | None:
     source = request.headers.get("Stream-Forked-From")
     if source is None:
         if "Stream-Fork-Offset" in request.headers or "Stream-Fork-Sub-Offset" in request.headers:
-            raise BadRequest(
-                "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From"
-            )
+            raise Invalid("Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
         return None
     sub_offset = request.headers.get("Stream-Fork-Sub-Offset", "0")
     if not _DECIMAL.fullmatch(sub_offset):
-        raise BadRequest(
-            f"Stream-Fork-Sub-Offset must be a non-negative integer, not {sub_offset!r}"
-        )
+        raise Invalid(f"Stream-Fork-Sub-Offset must be a non-negative integer, not {sub_offset!r}")
     offset = request.headers.get("Stream-Fork-Offset")
     if offset is not None and offset not in (offsets.START, offsets.NOW):
         offsets.decode(offset)

@@ -28,11 +28,11 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        from . import create_app, maintenance
+        from . import create_app, runtime_of
 
         app = create_app(self.app_config)
-        runtime = app.extensions["runstream"]
-        maintenance.start(runtime)
+        runtime = runtime_of(app)
+        runtime.start_maintenance()
         if self.demo_url is not None:
             from . import demo
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import request
 
-from . import runtime
-from .auth import Principal, credential_from
-from .errors import PayloadTooLarge
+from ..core.errors import TooLarge
+from ..runs.auth import Principal, credential_from
+from ..runtime import runtime
 
 
 def read_body() -> bytes:
@@ -17,10 +17,10 @@ def read_body() -> bytes:
     """
     limit = runtime().settings.max_append_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
     body = request.stream.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        raise TooLarge(f"the request body is larger than the limit of {limit} bytes")
     return body
 
 

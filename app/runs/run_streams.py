@@ -12,33 +12,30 @@ after ``writer_timeout`` seconds of silence.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .content_types import JSON, is_json
-from .errors import BadRequest, Gone, NotFound
-from .runs import RunRecord, Runs, check_run_id
-from .store import AppendRequest, AppendResult, CreateRequest, ProducerClaim, Store, StreamInfo
+from runstream.identifiers import DEFAULT_KEY, InvalidIdentifier, check_run_id, check_stream_key
+from runstream.wire import encode_chunk
 
-DEFAULT_KEY = "default"
+from ..core.content_types import JSON, is_json
+from ..core.errors import Gone, Invalid, NotFound
+from ..core.store import (
+    AppendRequest,
+    AppendResult,
+    CreateRequest,
+    ProducerClaim,
+    Store,
+    StreamInfo,
+)
+from .runs import RunRecord, Runs
+
 PREFIX = "runs/"
-KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_key(key: str) -> str:
-    if not KEY.fullmatch(key):
-        raise BadRequest(
-            f"invalid stream key {key[:80]!r}: use up to 128 letters, digits and . _ -, "
-            "starting with a letter or digit"
-        )
-    return key
 
 
 def stream_path(run_id: str, key: str = DEFAULT_KEY) -> str:
-    return f"{PREFIX}{check_run_id(run_id)}/{check_key(key)}"
+    return f"{PREFIX}{check_run_id(run_id)}/{check_stream_key(key)}"
 
 
 def parse_stream_path(path: str) -> tuple[str, str] | None:
@@ -116,7 +113,7 @@ class RunStreams:
         """Refuse to create a run stream that is not a JSON stream of an existing run."""
         stream_path(run_id, key)
         if not is_json(content_type):
-            raise BadRequest(
+            raise Invalid(
                 f"a run's streams hold JSON chunks: create them as {JSON}, not {content_type!r}"
             )
         self.runs.get(run_id)
@@ -136,7 +133,7 @@ class RunStreams:
         self, run_id: str, key: str, writer_id: str, first_seq: int, chunks: Sequence[Any]
     ) -> AppendResult:
         """Append chunks numbered ``first_seq`` onwards by their writer, each exactly once."""
-        messages = [_chunk_text(chunk) for chunk in chunks]
+        messages = [_encoded(chunk) for chunk in chunks]
         return self.store.append(
             stream_path(run_id, key),
             AppendRequest(
@@ -169,7 +166,7 @@ class RunStreams:
                 continue
             try:
                 ended = self.runs.get(parsed[0]).status.is_final
-            except (NotFound, BadRequest):
+            except (NotFound, Invalid, InvalidIdentifier):
                 ended = True  # a stream under runs/ whose run is gone has no one to end it
             if ended and self.store.close_unless_writing(
                 stream.path, writer_timeout=self.writer_timeout
@@ -178,11 +175,9 @@ class RunStreams:
         return closed
 
 
-def _chunk_text(chunk: Any) -> bytes:
-    """A chunk as compact UTF-8 JSON, so that its size is what the limits count. A string
-    with a lone surrogate (valid JSON, not valid UTF-8) keeps its escape instead."""
-    text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+def _encoded(chunk: Any) -> bytes:
+    """A chunk as the store keeps it; what JSON cannot carry is refused, never altered."""
     try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(chunk, separators=(",", ":")).encode()
+        return encode_chunk(chunk).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise Invalid(f"a chunk is not a JSON value this server can store: {error}") from None

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from .errors import BadRequest
+from .errors import Invalid
 
 _WHITESPACE = " \t\n\r"
 
@@ -24,12 +24,12 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def split_messages(body: bytes) -> list[bytes]:
-    """The messages of a JSON body; raises :class:`BadRequest` when it is not valid JSON."""
+    """The messages of a JSON body; raises :class:`Invalid` when it is not valid JSON."""
     try:
         text = body.decode("utf-8")
         return [part.encode("utf-8") for part in _split(text)]
     except (UnicodeDecodeError, ValueError) as error:
-        raise BadRequest(f"the body is not valid JSON: {error}") from None
+        raise Invalid(f"the body is not valid JSON: {error}") from None
 
 
 def _skip_whitespace(text: str, index: int) -> int:
@@ -92,7 +92,7 @@ def parse_strict(text: str | bytes) -> Any:
             raise ValueError(f"unexpected data after the JSON value at character {end}")
         return value
     except (UnicodeDecodeError, ValueError) as error:
-        raise BadRequest(f"not valid JSON: {error}") from None
+        raise Invalid(f"not valid JSON: {error}") from None
 
 
 def join_messages(messages: list[bytes]) -> bytes:

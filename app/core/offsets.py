@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BadRequest
+from .errors import Invalid
 
 START = "-1"
 NOW = "now"
@@ -27,7 +27,7 @@ def decode(offset: str) -> int:
     """The position an offset names; a malformed offset is a 400 that quotes it."""
     match = _OFFSET.fullmatch(offset)
     if match is None or int(match.group(2)) != 0:
-        raise BadRequest(
+        raise Invalid(
             f"invalid offset {offset[:80]!r}: use -1, now, or a Stream-Next-Offset value "
             "returned by this server"
         )

@@ -3,9 +3,9 @@
 
 Every frame is a JSON text message. Chunks travel as JSON values; the reader's frames carry the
 index of their first chunk, and a writer numbers its chunks, so both sides resume exactly after a
-lost connection. Errors close the connection with code 4000 + the HTTP status that names the
-problem (4400 bad request, 4401 unauthorized, 4403 forbidden, 4404 not found, 4409 conflict,
-4413 too large), 4408 when a reader timed out, and a reason that says what was wrong.
+lost connection. A refusal closes the connection with the close code of
+:mod:`runstream.server.faces.errors`' table (the codes themselves are in :mod:`runstream.wire`)
+and a reason that says what was wrong; a reader that timed out is closed with 4408.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from typing import Any, cast
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 
-from . import runtime
-from .errors import BadRequest, StreamError
-from .json_messages import parse_strict
-from .run_streams import RunStreamCursor, check_key
-from .runs import check_run_id
-from .web import caller
+from runstream.identifiers import check_run_id, check_stream_key
+from runstream.wire import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TIMEOUT
+
+from ..core.errors import Invalid
+from ..core.json_messages import parse_strict
+from ..runs.run_streams import RunStreamCursor
+from ..runtime import runtime, runtime_of
+from .errors import REFUSALS, answer_for, message_of
+from .requests import caller
 
 READ_ROUTE = "/realtime/v2/streams/<run_id>/<key>"
 APPEND_ROUTE = "/realtime/v2/streams/<run_id>/<key>/append"
@@ -36,10 +39,6 @@ LIVENESS_CHECK_SECONDS = 1.0
 # How long a writer may take to say hello after connecting.
 HELLO_TIMEOUT = 30.0
 
-CLOSE_NORMAL = 1000
-CLOSE_TIMEOUT = 4408
-CLOSE_INTERNAL_ERROR = 1011
-
 sock = Sock()
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def init_app(app: Flask) -> None:
     # Frames of a writer may carry many chunks: allow as much as one HTTP append may.
     app.config.setdefault(
         "SOCK_SERVER_OPTIONS",
-        {"max_message_size": app.extensions["runstream"].settings.max_append_bytes},
+        {"max_message_size": runtime_of(app).settings.max_append_bytes},
     )
     sock.init_app(app)
 
@@ -77,8 +76,8 @@ def guarded(handler: Handler) -> Handler:
             handler(ws, run_id, key)
         except Closing as closing:
             close(ws, closing.code, closing.reason)
-        except StreamError as error:
-            close(ws, 4000 + error.status, error.message)
+        except REFUSALS as error:
+            close(ws, answer_for(error).close_code, message_of(error))
         except ConnectionClosed:
             pass
         except Exception:
@@ -105,14 +104,14 @@ def close(ws: Any, code: int, reason: str) -> None:
 def read_stream(ws: Any, run_id: str, key: str) -> None:
     """Send the stream from ``start_index``, then each chunk as it is written, then the end."""
     check_run_id(run_id)
-    check_key(key)
+    check_stream_key(key)
     caller().require_run(run_id)
     position = whole_number("start_index", request.args.get("start_index", "0"))
     timeout = whole_number(
         "timeout_in_seconds", request.args.get("timeout_in_seconds", str(DEFAULT_READ_TIMEOUT))
     )
     if not 1 <= timeout <= MAX_READ_TIMEOUT:
-        raise BadRequest(f"timeout_in_seconds must be from 1 to {MAX_READ_TIMEOUT}, not {timeout}")
+        raise Invalid(f"timeout_in_seconds must be from 1 to {MAX_READ_TIMEOUT}, not {timeout}")
 
     app_runtime = runtime()
     cursor = RunStreamCursor(
@@ -159,17 +158,17 @@ def end(ws: Any, next_index: int) -> None:
 def append_stream(ws: Any, run_id: str, key: str) -> None:
     """A writer: hello, then numbered chunks (each frame acknowledged), then end."""
     check_run_id(run_id)
-    check_key(key)
+    check_stream_key(key)
     caller().require_secret("writing a stream")
     run_streams = runtime().run_streams
     writer_timeout = runtime().settings.writer_timeout
 
     hello = receive_frame(ws, HELLO_TIMEOUT)
     if hello is None or hello.get("type") != "hello":
-        raise BadRequest('the first frame must be {"type": "hello", "writer_id": "..."}')
+        raise Invalid('the first frame must be {"type": "hello", "writer_id": "..."}')
     writer_id = hello.get("writer_id")
     if not isinstance(writer_id, str) or not writer_id:
-        raise BadRequest("hello needs a writer_id: a non-empty string naming this writer")
+        raise Invalid("hello needs a writer_id: a non-empty string naming this writer")
     last_seq = run_streams.open_writer(run_id, key, writer_id)
     ws.send(json.dumps({"type": "ready", "last_seq": last_seq}))
 
@@ -183,9 +182,9 @@ def append_stream(ws: Any, run_id: str, key: str) -> None:
         if kind == "chunks":
             first_seq, chunks = frame.get("seq"), frame.get("chunks")
             if not isinstance(first_seq, int) or isinstance(first_seq, bool) or first_seq < 0:
-                raise BadRequest("a chunks frame needs seq: the number of its first chunk, >= 0")
+                raise Invalid("a chunks frame needs seq: the number of its first chunk, >= 0")
             if not isinstance(chunks, list) or not chunks:
-                raise BadRequest("a chunks frame needs chunks: a non-empty list of JSON values")
+                raise Invalid("a chunks frame needs chunks: a non-empty list of JSON values")
             result = run_streams.write(run_id, key, writer_id, first_seq, chunks)
             ws.send(json.dumps({"type": "ack", "seq": result.producer_seq}))
         elif kind == "end":
@@ -194,7 +193,7 @@ def append_stream(ws: Any, run_id: str, key: str) -> None:
             close(ws, CLOSE_NORMAL, "writer finished")
             return
         else:
-            raise BadRequest(f"unknown frame type {kind!r}: send chunks or end")
+            raise Invalid(f"unknown frame type {kind!r}: send chunks or end")
 
 
 def receive_frame(ws: Any, timeout: float) -> dict[str, Any] | None:
@@ -206,14 +205,14 @@ def receive_frame(ws: Any, timeout: float) -> dict[str, Any] | None:
         return None
     try:
         frame = parse_strict(text)
-    except BadRequest as error:
-        raise BadRequest(f"frames must be JSON text; this one is {error.message}") from None
+    except Invalid as error:
+        raise Invalid(f"frames must be JSON text; this one is {error.message}") from None
     if not isinstance(frame, dict):
-        raise BadRequest("frames must be JSON objects with a type")
+        raise Invalid("frames must be JSON objects with a type")
     return frame
 
 
 def whole_number(name: str, value: str) -> int:
     if not value.isascii() or not value.isdigit():
-        raise BadRequest(f"{name} must be a whole number, not {value!r}")
+        raise Invalid(f"{name} must be a whole number, not {value!r}")
     return int(value)

@@ -1,89 +1,25 @@
-"""The runs dashboard: ``/runs`` lists runs as they change, ``/runs/<run_id>`` shows one run and
-its streams live.
-
-The pages are ReactPy components served by :mod:`app.views`. They read the store in-process and
-wake on the hub: the ``runs`` topic is published whenever a run is triggered, claimed or ends.
-The dashboard asks for the secret key once and remembers it in a session cookie, unless
-authentication is disabled (loopback only).
-"""
+"""The dashboard's pages, as ReactPy components that read the store in-process."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, redirect, request, session
-from flask.typing import ResponseReturnValue
 from reactpy import component, html, use_effect, use_location, use_state
 from reactpy.core.types import ComponentType, VdomDict
 
-from components.stream_view import StreamView
+from runstream.components import StreamView
 
-from . import Runtime, runtime
-from .runs import RunRecord, RunStatus
-from .store import StreamInfo
-from .views import mount
+from ..core.store import StreamInfo
+from ..runs.runs import RunRecord, RunStatus
+from ..runtime import Runtime, runtime
 
 RUNS_TOPIC = "runs"
 # Pages refresh this often even without news, so that durations tick.
 REFRESH_SECONDS = 1.0
 T = TypeVar("T")
-
-
-def init_app(app: Flask) -> None:
-    app_runtime: Runtime = app.extensions["runstream"]
-    app.secret_key = hmac.new(
-        app_runtime.auth.secret_key.encode(), b"runstream dashboard sessions", hashlib.sha256
-    ).hexdigest()
-    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(RUNS_TOPIC))
-    mount(
-        app,
-        Dashboard,
-        head=[
-            html.title("Runstream"),
-            html.meta({"name": "viewport", "content": "width=device-width, initial-scale=1"}),
-            html.link({"rel": "stylesheet", "href": "/static/runstream.css"}),
-            html.script({"src": "/static/runstream.js", "defer": True}),
-        ],
-        pages=["/runs", "/runs/<run_id>"],
-        allowed=signed_in,
-    )
-    app.add_url_rule("/", endpoint="home", view_func=lambda: redirect("/runs"))
-    app.add_url_rule("/login", endpoint="login", view_func=login, methods=["GET", "POST"])
-    app.register_error_handler(401, lambda _error: redirect(f"/login?next={request.path}"))
-
-
-def signed_in() -> bool:
-    return runtime().auth.disabled or session.get("dashboard") is True
-
-
-def login() -> ResponseReturnValue:
-    """A one-field form for the secret key; the session cookie remembers it."""
-    error = ""
-    target = request.args.get("next", "/runs")
-    if not target.startswith("/runs"):
-        target = "/runs"
-    if request.method == "POST":
-        given = request.form.get("secret_key", "").strip().encode()
-        if hmac.compare_digest(given, runtime().auth.secret_key.encode()):
-            session["dashboard"] = True
-            return redirect(target)
-        error = "<p class='error'>That is not this server's secret key.</p>"
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Sign in · Runstream</title><link rel="stylesheet" href="/static/runstream.css"></head>
-<body class="login"><form method="post"><h1>Runstream</h1>
-<label>Secret key <input name="secret_key" type="password" autofocus required></label>
-{error}<button>Sign in</button>
-<p class="hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
-<code>secret_key</code> file of the server's instance folder.</p></form></body></html>"""
-    return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
-
-
-# -- components --------------------------------------------------------------------------------
 
 
 @component

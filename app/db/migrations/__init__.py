@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
-from ..db import is_sqlite, writing
+from ..engine import is_sqlite, writing
 
 SCRIPT_LOCATION = os.path.dirname(os.path.abspath(__file__))
 # Any constant will do: it names Runstream's migration lock among the database's advisory locks.

@@ -1,0 +1,79 @@
+"""The runs dashboard: ``/runs`` lists runs as they change, ``/runs/<run_id>`` shows one run and
+its streams live.
+
+The pages (:mod:`.pages`) are ReactPy components served by :mod:`.serving`. They read the store
+in-process and wake on the hub: the ``runs`` topic is published whenever a run is triggered,
+claimed or ends. The dashboard asks for the secret key once and remembers it in a session
+cookie, unless authentication is disabled (loopback only). Its CSS and script are the package
+``runstream.static``, served at ``/static``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from flask import Flask, Response, abort, redirect, request, send_from_directory, session
+from flask.typing import ResponseReturnValue
+from reactpy import html
+
+from ..runtime import runtime, runtime_of
+from .pages import RUNS_TOPIC, Dashboard
+from .serving import mount
+
+# The dashboard's CSS and script: a folder inside the installed package, wherever that is.
+STATIC_FOLDER = str(files("runstream.static"))
+STATIC_SUFFIXES = (".css", ".js", ".svg", ".ico")
+
+
+def init_app(app: Flask) -> None:
+    app_runtime = runtime_of(app)
+    app.secret_key = app_runtime.auth.derive_key("dashboard sessions")
+    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(RUNS_TOPIC))
+    mount(
+        app,
+        Dashboard,
+        head=[
+            html.title("Runstream"),
+            html.meta({"name": "viewport", "content": "width=device-width, initial-scale=1"}),
+            html.link({"rel": "stylesheet", "href": "/static/runstream.css"}),
+            html.script({"src": "/static/runstream.js", "defer": True}),
+        ],
+        pages=["/runs", "/runs/<run_id>"],
+        allowed=signed_in,
+    )
+    app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static_file)
+    app.add_url_rule("/", endpoint="home", view_func=lambda: redirect("/runs"))
+    app.add_url_rule("/login", endpoint="login", view_func=login, methods=["GET", "POST"])
+    app.register_error_handler(401, lambda _error: redirect(f"/login?next={request.path}"))
+
+
+def static_file(filename: str) -> Response:
+    """A file of the static folder; its package's own module is no asset to serve."""
+    if not filename.endswith(STATIC_SUFFIXES):
+        abort(404)
+    return send_from_directory(STATIC_FOLDER, filename)
+
+
+def signed_in() -> bool:
+    return runtime().auth.disabled or session.get("dashboard") is True
+
+
+def login() -> ResponseReturnValue:
+    """A one-field form for the secret key; the session cookie remembers it."""
+    error = ""
+    target = request.args.get("next", "/runs")
+    if not target.startswith("/runs"):
+        target = "/runs"
+    if request.method == "POST":
+        if runtime().auth.is_secret_key(request.form.get("secret_key", "").strip()):
+            session["dashboard"] = True
+            return redirect(target)
+        error = "<p class='error'>That is not this server's secret key.</p>"
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Sign in · Runstream</title><link rel="stylesheet" href="/static/runstream.css"></head>
+<body class="login"><form method="post"><h1>Runstream</h1>
+<label>Secret key <input name="secret_key" type="password" autofocus required></label>
+{error}<button>Sign in</button>
+<p class="hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
+<code>secret_key</code> file of the server's instance folder.</p></form></body></html>"""
+    return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")

@@ -1,0 +1,65 @@
+"""Reading a run stream, wherever it is read from: the SDK's websocket reader, or a Runstream
+server reading its own store in-process.
+
+:class:`ReadStream` is what every read returns: an async iterator of chunks that also tells how
+far it got (``next_index``) and whether it reached the stream's end (``ended``) rather than
+giving up after its timeout. :class:`ChunkSource` is what a reader is: the ReactPy hooks read
+through one, so that they depend on this small interface and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+T = TypeVar("T")
+
+# A Flask application that reads run streams in-process (a Runstream server) keeps its
+# ChunkSource in ``app.extensions[LOCAL_SOURCE]``; hooks rendered inside it read through that.
+LOCAL_SOURCE = "runstream.chunk_source"
+
+
+@dataclass
+class ReadProgress:
+    """How far a read got: the index of the chunk that comes next, and whether the stream
+    ended (no chunk will ever follow)."""
+
+    next_index: int
+    ended: bool = False
+
+
+class ReadStream(Generic[T]):
+    """The chunks of a stream, as an async iterator. ``next_index`` is the index of the chunk
+    that comes next: read again from there to resume. ``ended`` is True once the stream's end
+    was reached, False while reading and after a read that timed out."""
+
+    def __init__(self, chunks: AsyncIterator[T], progress: ReadProgress) -> None:
+        self._chunks = chunks
+        self._progress = progress
+
+    @property
+    def next_index(self) -> int:
+        return self._progress.next_index
+
+    @property
+    def ended(self) -> bool:
+        return self._progress.ended
+
+    def __aiter__(self) -> ReadStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await cast(Any, self._chunks).aclose()
+
+
+class ChunkSource(Protocol):
+    """Reads run streams: from ``start_index`` on, what is stored and then each new chunk, until
+    the stream ends or no chunk came for ``timeout_in_seconds``."""
+
+    async def read(
+        self, run_id: str, key: str, *, start_index: int, timeout_in_seconds: int
+    ) -> ReadStream[Any]: ...
