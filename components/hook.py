@@ -122,13 +122,14 @@ def use_realtime_stream(
                     access_token=access_token,
                     base_url=base_url,
                 )
-            async for chunk in chunks:
+            async for batch in chunks.batches():
                 if progress.current is not state:
                     return  # the component now shows another stream; this read is over
-                state.parts.append(chunk)
-                state.next_index += 1
-                if latest_on_data.current is not None:
-                    latest_on_data.current(chunk)
+                for chunk in batch:
+                    state.parts.append(chunk)
+                    state.next_index += 1
+                    if latest_on_data.current is not None:
+                        latest_on_data.current(chunk)
                 wait = last_update + throttle - time.monotonic()
                 if wait <= 0:
                     update()

@@ -218,7 +218,7 @@ class ChunkWriter:
             self._unacknowledged.pop(0)
 
 
-async def read_chunks(
+async def read_batches(
     config: ClientSettings,
     run_id: str,
     key: str,
@@ -228,10 +228,11 @@ async def read_chunks(
     access_token: str | None,
     progress: ReadProgress,
     give_up_after: float | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[list[Any]]:
     """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
-    for ``timeout_in_seconds``; ``progress`` tracks the index of the next chunk and whether
-    the stream ended (rather than the wait timing out)."""
+    for ``timeout_in_seconds``, in batches: the new chunks of each frame. ``progress`` tracks
+    the index of the next chunk and whether the stream ended (rather than the wait timing
+    out)."""
     backoff = _Backoff(give_up_after or GIVE_UP_AFTER, RunstreamError)
     what = f"reading stream {key!r} of run {run_id}"
     progress.next_index = start_index
@@ -251,11 +252,11 @@ async def read_chunks(
                         return
                     if frame.get("type") != "chunks":
                         continue
-                    for offset, chunk in enumerate(frame["chunks"]):
-                        index = frame["index"] + offset
-                        if index >= progress.next_index:
-                            progress.next_index = index + 1
-                            yield chunk
+                    # A frame may repeat chunks already yielded (a resumed connection).
+                    fresh = frame["chunks"][max(0, progress.next_index - frame["index"]) :]
+                    if fresh:
+                        progress.next_index = frame["index"] + len(frame["chunks"])
+                        yield fresh
                 code = connection.close_code
                 if code in (CLOSE_NORMAL, CLOSE_TIMEOUT):
                     return

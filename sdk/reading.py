@@ -9,6 +9,7 @@ through one, so that they depend on this small interface and nothing else.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -32,11 +33,16 @@ class ReadProgress:
 class ReadStream(Generic[T]):
     """The chunks of a stream, as an async iterator. ``next_index`` is the index of the chunk
     that comes next: read again from there to resume. ``ended`` is True once the stream's end
-    was reached, False while reading and after a read that timed out."""
+    was reached, False while reading and after a read that timed out.
 
-    def __init__(self, chunks: AsyncIterator[T], progress: ReadProgress) -> None:
-        self._chunks = chunks
+    Chunks arrive in batches, those that arrived together; :meth:`batches` hands them on so,
+    for a reader that renders each batch at once.
+    """
+
+    def __init__(self, batches: AsyncIterator[list[T]], progress: ReadProgress) -> None:
+        self._batches = batches
         self._progress = progress
+        self._pending: deque[T] = deque()
 
     @property
     def next_index(self) -> int:
@@ -50,10 +56,20 @@ class ReadStream(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        return await self._chunks.__anext__()
+        while not self._pending:
+            self._pending.extend(await self._batches.__anext__())
+        return self._pending.popleft()
+
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """The chunks not yet iterated, a list per batch that arrived together."""
+        if self._pending:
+            yield list(self._pending)
+            self._pending.clear()
+        async for batch in self._batches:
+            yield batch
 
     async def aclose(self) -> None:
-        await cast(Any, self._chunks).aclose()
+        await cast(Any, self._batches).aclose()
 
 
 class ChunkSource(Protocol):

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._config import ClientSettings, settings
 from ._context import current_scope, resolve_target
-from ._ws import ChunkWriter, read_chunks
+from ._ws import ChunkWriter, read_batches
 from .errors import RunstreamError
 from .identifiers import DEFAULT_KEY
 from .reading import ReadProgress, ReadStream
@@ -264,7 +264,7 @@ async def read(
     if base_url is not None:
         config = ClientSettings(base_url.rstrip("/"), config.secret_key)
     progress = ReadProgress(start_index)
-    chunks = read_chunks(
+    batches = read_batches(
         config,
         run_id,
         key,
@@ -273,7 +273,7 @@ async def read(
         access_token=access_token,
         progress=progress,
     )
-    return ReadStream(chunks, progress)
+    return ReadStream(batches, progress)
 
 
 class StreamDefinition(Generic[T]):

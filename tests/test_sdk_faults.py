@@ -25,7 +25,7 @@ from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, within
 import runstream.streams
 import runstream.sync
 from runstream import RunstreamError, StreamWriteError, TaskContext, configure, runs, streams, task
-from runstream._ws import ChunkWriter, read_chunks
+from runstream._ws import ChunkWriter, read_batches
 from runstream.sync import streams as sync_streams
 
 T = TypeVar("T")
@@ -439,14 +439,14 @@ def quick_give_up(monkeypatch: pytest.MonkeyPatch) -> float:
     """Writers and readers give up after 0.5 s of an unreachable server instead of 30 s.
 
     (``runstream._ws.GIVE_UP_AFTER`` is bound as a default argument when the module loads, so
-    patching it changes nothing: the SDK's use of ChunkWriter and read_chunks is patched.)
+    patching it changes nothing: the SDK's use of ChunkWriter and read_batches is patched.)
     """
     seconds = 0.5
     monkeypatch.setattr(
         runstream.streams, "ChunkWriter", functools.partial(ChunkWriter, give_up_after=seconds)
     )
     monkeypatch.setattr(
-        runstream.streams, "read_chunks", functools.partial(read_chunks, give_up_after=seconds)
+        runstream.streams, "read_batches", functools.partial(read_batches, give_up_after=seconds)
     )
     return seconds
 

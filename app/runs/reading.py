@@ -32,15 +32,14 @@ class InProcessChunkSource:
 
     async def _follow(
         self, cursor: RunStreamCursor, progress: ReadProgress, timeout_in_seconds: int
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[list[Any]]:
         deadline = time.monotonic() + timeout_in_seconds
         async with self._hub.subscribe_async(cursor.path) as subscription:
             while True:
                 step = await asyncio.to_thread(cursor.step)
-                for chunk in step.chunks:
-                    progress.next_index += 1
-                    yield json.loads(chunk)
                 if step.chunks:
+                    progress.next_index = step.index + len(step.chunks)
+                    yield [json.loads(chunk) for chunk in step.chunks]
                     deadline = time.monotonic() + timeout_in_seconds
                 if step.ended:
                     progress.ended = True
