@@ -34,18 +34,17 @@ def check_run_id(value: str, *, what: str = "run id") -> str:
 
 
 def check_task_id(value: str) -> str:
-    if not TASK_ID.fullmatch(value):
-        raise InvalidIdentifier(
-            f"invalid task id {value[:80]!r}: use up to 128 letters, digits and . _ : -, "
-            "starting with a letter or digit"
-        )
-    return value
+    return _check(TASK_ID, value, "task id", ". _ : -")
 
 
 def check_stream_key(value: str) -> str:
-    if not STREAM_KEY.fullmatch(value):
+    return _check(STREAM_KEY, value, "stream key", ". _ -")
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str, punctuation: str) -> str:
+    if not pattern.fullmatch(value):
         raise InvalidIdentifier(
-            f"invalid stream key {value[:80]!r}: use up to 128 letters, digits and . _ -, "
+            f"invalid {what} {value[:80]!r}: use up to 128 letters, digits and {punctuation}, "
             "starting with a letter or digit"
         )
     return value
