@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
 import click
+from flask import Flask
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import create_app, runtime_of
+from .config import instance_path_from
 from .db import migrations
-from .runs.auth import is_loopback
+from .db.engine import DatabaseUnavailable, is_sqlite_url
+from .runs.auth import SECRET_KEY_FILE, is_loopback
+
+
+class Fatal(click.ClickException):
+    """A setting or the machine stops the command: one line on stderr, exit status 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"runstream: {self.format_message()}", err=True, file=file)
+
+
+def open_app(config: Mapping[str, Any] | None) -> Flask:
+    """``create_app(config)``; a store, setting or folder that cannot be used is :class:`Fatal`."""
+    try:
+        return create_app(config)
+    except DatabaseUnavailable as error:
+        raise Fatal(str(error)) from error
+    except SQLAlchemyError as error:  # the store opened, but creating the schema failed
+        reason = error.orig if isinstance(error, DBAPIError) else error
+        raise Fatal(f"cannot set up the database: {' '.join(str(reason).split())}") from error
+    except OSError as error:  # the instance folder (its secret key file) cannot be written
+        where = f" {error.filename}" if error.filename else ""
+        raise Fatal(f"cannot write{where}: {error.strerror or error}") from error
+    except ValueError as error:  # a RUNSTREAM_* setting out of range
+        raise Fatal(str(error)) from error
 
 
 @click.group()
@@ -40,14 +68,27 @@ def main() -> None:
 )
 def serve(host: str, port: int, database_url: str | None, threads: int, demo: bool) -> None:
     """Start the Runstream server."""
+    from .serving import CannotServe, address_text, listen, lock_instance_folder
     from .serving import serve as run_server
 
     config: dict[str, Any] = {}
     if database_url:
         config["DATABASE_URL"] = database_url
+    if demo:
+        config["DEMO"] = True  # the dashboard then offers to run the demo again
+    instance_path = instance_path_from(config, os.environ)
+    try:
+        # One server per SQLite instance folder: the lock lasts as long as this process.
+        lock = (
+            lock_instance_folder(instance_path)
+            if not database_url or is_sqlite_url(database_url)
+            else None
+        )
+    except CannotServe as error:
+        raise Fatal(str(error)) from None
     # Build the app once here: it creates or upgrades the schema (and the secret key) before the
     # server starts, and fails early, in the foreground, on a bad setting.
-    app = create_app(config)
+    app = open_app(config)
     runtime = runtime_of(app)
     if runtime.auth.disabled and not is_loopback_host(host):
         runtime.close()
@@ -55,16 +96,27 @@ def serve(host: str, port: int, database_url: str | None, threads: int, demo: bo
             f"RUNSTREAM_AUTH=disabled lets anyone read and write every stream, so the server "
             f"only listens on loopback then; --host {host} is not a loopback address"
         )
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"http://{shown_host}:{port}"
+    try:
+        listener = listen(host, port)
+    except CannotServe as error:
+        runtime.close()
+        raise Fatal(str(error)) from None
+    url = f"http://{address_text(host, listener.getsockname()[1])}"
     click.echo(f"Runstream is serving on {url} (dashboard: {url}/runs)")
+    click.echo(f"  instance folder: {app.instance_path}")
     click.echo(f"  store: {runtime.engine.url.render_as_string(hide_password=True)}")
     if runtime.auth.disabled:
         click.echo("  auth: disabled (loopback clients only)")
     elif runtime.secret_key_file:
         click.echo(f"  secret key: in {runtime.secret_key_file}")
     runtime.close()
-    run_server(config, host=host, port=port, threads=threads, demo_url=url if demo else None)
+    run_server(
+        config,
+        listener=listener,
+        threads=threads,
+        demo_url=url if demo else None,
+        instance_lock=lock,
+    )
 
 
 @main.command()
@@ -73,7 +125,7 @@ def purge(database_url: str | None) -> None:
     """Delete expired streams; fail runs whose worker vanished; end their streams."""
     from . import maintenance
 
-    app = create_app({"DATABASE_URL": database_url} if database_url else None)
+    app = open_app({"DATABASE_URL": database_url} if database_url else None)
     runtime = runtime_of(app)
     report = maintenance.run_once(runtime)
     runtime.close()
@@ -93,11 +145,18 @@ def purge(database_url: str | None) -> None:
 )
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--api-url", envvar="RUNSTREAM_API_URL", help="Default: http://127.0.0.1:8787")
-@click.option("--secret-key", envvar="RUNSTREAM_SECRET_KEY", help="Default: RUNSTREAM_SECRET_KEY")
+@click.option(
+    "--secret-key",
+    envvar="RUNSTREAM_SECRET_KEY",
+    help="The server's secret key. Default: RUNSTREAM_SECRET_KEY, else the secret_key file "
+    "that `runstream serve` keeps in its instance folder, when it is on this machine "
+    "($RUNSTREAM_INSTANCE_PATH/secret_key, or instance/secret_key in the working directory).",
+)
 def worker(
     modules: tuple[str, ...], concurrency: int, api_url: str | None, secret_key: str | None
 ) -> None:
     """Run the tasks of MODULES: claim queued runs and execute them until SIGTERM."""
+    secret_key = secret_key or worker_secret_key()
     import asyncio
     import importlib
     import logging
@@ -131,6 +190,27 @@ def worker(
     asyncio.run(serve_tasks())
 
 
+def worker_secret_key() -> str | None:
+    """The secret key in the server's instance folder on this machine; without one, stop."""
+    if str(os.environ.get("RUNSTREAM_AUTH", "")).strip().lower() == "disabled":
+        return None  # a server without authentication needs no key
+    key_file = os.path.join(instance_path_from({}, os.environ), SECRET_KEY_FILE)
+    try:
+        with open(key_file, encoding="utf-8") as file:
+            key = file.read().strip()
+    except FileNotFoundError:
+        key = ""
+    except OSError as error:
+        raise Fatal(f"cannot read the secret key file {key_file}: {error.strerror}") from None
+    if not key:
+        raise Fatal(
+            "the worker needs the server's secret key: set RUNSTREAM_SECRET_KEY (or pass "
+            f"--secret-key) to the key the server keeps in {key_file} (no such file here)"
+        )
+    click.echo(f"worker: using the secret key in {key_file}")
+    return key
+
+
 def is_loopback_host(host: str) -> bool:
     return host == "localhost" or is_loopback(host)
 
@@ -144,7 +224,7 @@ def db() -> None:
 @click.option("--database-url", envvar="RUNSTREAM_DATABASE_URL")
 def upgrade(database_url: str | None) -> None:
     """Create the schema, or bring it up to date."""
-    app = create_app({"DATABASE_URL": database_url} if database_url else None)
+    app = open_app({"DATABASE_URL": database_url} if database_url else None)
     runtime = runtime_of(app)
     revision = migrations.current_revision(runtime.engine)
     click.echo(f"database is at schema revision {revision}")

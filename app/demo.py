@@ -13,11 +13,14 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from runstream import TaskContext, Worker, configure, streams, task
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +29,39 @@ TEXT = """\
 
 A background job — an LLM call, a data pipeline, an agent — produces its output **bit by bit**.
 Runstream stores every chunk the moment it is written and streams it to anyone watching, live.
+This run is one such job: a task that writes this text a word at a time, as a model would, for
+about a minute, so that there is time to look around while it runs.
 
-- A reader that loses its connection *resumes exactly* where it stopped.
-- A writer that retries **never stores a chunk twice**.
+## What to try while it streams
+
+- **Reload this page.** The text comes back up to the last word written, and carries on from
+  there: nothing is lost, nothing repeats.
+- **Open the run in a second tab.** Both tabs follow the same stream; each reader keeps its own
+  place in it.
+- **Switch to the progress tab.** A run may have several streams: this one also reports how far
+  it has come, every ten words, as JSON.
+- **Go back to the runs list.** The run shows as executing, with its duration ticking, until
+  the task returns; then it completes, with its output.
+
+## What makes it durable
+
+- A reader that loses its connection *resumes exactly* where it stopped, from the offset it
+  last saw.
+- A writer that retries **never stores a chunk twice**: every chunk has its sequence number.
 - A stream has an explicit end, so a reader knows when it has everything.
+- The server keeps every stream in its database, SQLite or PostgreSQL, so a restart loses
+  nothing that it acknowledged.
 
-Reload this page while the text is still arriving: nothing is lost, nothing repeats.
+## Next
+
+Declare your own task with `@task`, run it with `runstream worker --tasks yourmodule`, and
+trigger it from your application. To watch this again, press "Run the demo again" on the
+runs list.
 """
+
+# The demo run streams its text for about this long: long enough to sign in and watch it.
+DEMO_SECONDS = 60.0
+TASK_ID = "demo-llm"
 
 answer = streams.define(id="answer", type=str)
 progress = streams.define(id="progress", type=dict)
@@ -43,7 +72,13 @@ def tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\n", text)
 
 
-@task(id="demo-llm")
+def payload() -> dict[str, Any]:
+    """The payload of a demo run: a pause between tokens that makes the run last DEMO_SECONDS.
+    (Each pause is random, from half to one and a half times this, as a model's would be.)"""
+    return {"delay": round(DEMO_SECONDS / len(tokens(TEXT)), 3)}
+
+
+@task(id=TASK_ID)
 async def demo_llm(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     pieces = tokens(TEXT)
     delay = float(payload.get("delay", 0.06))
@@ -69,15 +104,22 @@ def start(api_url: str, secret_key: str) -> threading.Thread:
         _wait_for_server(api_url)
         handle = asyncio.run(_trigger())
         print(f"  demo: watch {api_url}/runs/{handle} stream live", flush=True)
-        asyncio.run(Worker({"demo-llm": demo_llm}, concurrency=2).run(asyncio.Event()))
+        asyncio.run(Worker({TASK_ID: demo_llm}, concurrency=2).run(asyncio.Event()))
 
     thread = threading.Thread(target=run, name="runstream-demo-worker", daemon=True)
     thread.start()
     return thread
 
 
+def trigger_again(app_runtime: Runtime) -> str:
+    """Trigger another demo run in-process (the dashboard's "Run the demo again"); its id.
+
+    It blocks on the database: call it from a thread. The demo worker of ``--demo`` runs it."""
+    return app_runtime.runs.trigger(TASK_ID, payload()).id
+
+
 async def _trigger() -> str:
-    return (await demo_llm.trigger({"delay": 0.15})).id
+    return (await demo_llm.trigger(payload())).id
 
 
 def _wait_for_server(api_url: str) -> None:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from flask import current_app
 from reactpy import component, html, use_effect, use_location, use_state
 from reactpy.core.types import ComponentType, VdomDict
 
@@ -68,6 +69,8 @@ def RunsPage() -> VdomDict:
         {"class_name": "runs"},
         html.header(
             html.h1("Runs"),
+            # `runstream serve --demo` runs the demo worker in the server: offer another run.
+            DemoButton() if current_app.config.get("DEMO") else "",
             html.div(
                 {"class_name": "filters"},
                 html.select(
@@ -115,6 +118,26 @@ def RunsPage() -> VdomDict:
             ),
         ),
         html.p({"class_name": "empty"}, "No runs yet.") if not rows else "",
+    )
+
+
+@component
+def DemoButton() -> VdomDict:
+    """The button "Run the demo again": it triggers a demo run in-process, then links to it."""
+    started, set_started = use_state(cast(str | None, None))
+    app_runtime = runtime()
+
+    async def run_again(_event: Any) -> None:
+        from .. import demo
+
+        set_started(await asyncio.to_thread(demo.trigger_again, app_runtime))
+
+    return html.div(
+        {"class_name": "demo"},
+        html.button({"class_name": "demo-again", "on_click": run_again}, "Run the demo again"),
+        html.a({"href": f"/runs/{started}", "class_name": "demo-run"}, f"Watch {started}")
+        if started
+        else "",
     )
 
 
