@@ -105,8 +105,9 @@ def serve_view(ws: Any, root: RootComponentConstructor, pathname: str, search: s
         started.set()
         try:
             loop.run_until_complete(view)
-        except (asyncio.CancelledError, ConnectionClosed):
-            pass
+        except BaseException as error:
+            if not _browser_went_away(error):
+                raise
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
@@ -126,3 +127,11 @@ def serve_view(ws: Any, root: RootComponentConstructor, pathname: str, search: s
             with contextlib.suppress(RuntimeError):  # the loop may have closed already
                 loop.call_soon_threadsafe(view.cancel)
         dispatcher.join(VIEW_SHUTDOWN_SECONDS)
+
+
+def _browser_went_away(error: BaseException) -> bool:
+    """True for how a view ends when its browser leaves: cancelled, or a send to a closed
+    socket — alone, or as every error of the group that ReactPy's task group raises."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_browser_went_away(inner) for inner in error.exceptions)
+    return isinstance(error, asyncio.CancelledError | ConnectionClosed | OSError)
