@@ -24,7 +24,10 @@ class ClientSettings:
         return "ws://" + self.api_url.removeprefix("http://")
 
     def headers(self, access_token: str | None = None) -> dict[str, str]:
-        credential = access_token or self.secret_key
+        """The credential of a request: the access token when one is given — even an empty
+        one, which is then no credential at all — else the secret key. A page that hands a
+        missing token on must never read with the server's own key."""
+        credential = access_token if access_token is not None else self.secret_key
         return {"Authorization": f"Bearer {credential}"} if credential else {}
 
 

@@ -95,7 +95,7 @@ def start_worker(server: ServerProcess, log_dir: Path, *, concurrency: int) -> W
             [
                 sys.executable,
                 "-m",
-                "app",
+                "runstream.server",
                 "worker",
                 "--tasks",
                 "sdk_tasks",
@@ -981,3 +981,14 @@ def test_a_worker_stopped_with_sigterm_finishes_its_running_run_first(
     assert streams_of(run) == {"slow": (len(SLOW_CHUNKS), True)}
     assert runstream.sync.runs.retrieve(behind.id).status in ("QUEUED", "COMPLETED")
     runstream.sync.runs.cancel(behind.id)
+
+
+def test_an_empty_access_token_is_no_credential_never_the_secret_key() -> None:
+    """A page that hands on a missing token must not read with the server's own key."""
+    from runstream._config import ClientSettings
+
+    settings = ClientSettings("http://127.0.0.1:1", "rs_sk_the-key")
+
+    assert settings.headers("") == {}
+    assert settings.headers("a-token") == {"Authorization": "Bearer a-token"}
+    assert settings.headers() == {"Authorization": "Bearer rs_sk_the-key"}
