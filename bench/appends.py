@@ -9,8 +9,8 @@ Figures printed:
 - wake-up latency over HTTP: a reader long-polls at the tail; the time from the writer sending an
   append to the reader holding the long-poll response. This includes the append's own request,
   so it is an upper bound of commit-to-return.
-- wake-up latency in process: the store and hub alone, from the moment the append's commit
-  returned to the moment a reader blocked on the hub has read the new message.
+- wake-up latency in process: the store, hub and follower alone, from the moment the append's
+  commit returned to the moment a follower waiting at the tail holds the new message.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from runstream.server.core.follower import Batch, Follower
 from runstream.server.core.hub import InProcessHub
 from runstream.server.core.store import AppendRequest, CreateRequest, Store
 from runstream.server.db import make_engine
@@ -157,11 +158,18 @@ def bench_inprocess_wakeup(samples: int) -> list[float]:
 def wait_for_data(
     store: Store, path: str, position: int, ready: threading.Event, woke: dict[str, float]
 ) -> None:
-    """Block on the hub until the message at ``position`` can be read; note when."""
-    with store.hub.subscribe(path) as subscription:
+    """Follow the stream at ``position`` until its next message arrives; note when."""
+
+    def read(at: int | None) -> Batch:
+        result = store.read(path, at, max_bytes=1 << 20)
+        start = result.next_position - len(result.messages)
+        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
+
+    with Follower(store.hub, path, position, read) as follower:
+        follower.first()
         ready.set()
-        while not store.read(path, position, max_bytes=1 << 20).messages:
-            subscription.wait(5)
+        while follower.next(5) is None:
+            pass
         woke["at"] = time.perf_counter()
 
 

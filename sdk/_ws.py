@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ MAX_RETRY_DELAY = 2.0
 # Writers gather chunks for this long before sending a frame, and never send frames larger
 # than this: fewer, larger frames are much faster.
 LINGER_SECONDS = 0.02
+# How long past its timeout a reader waits for the server to say the read is over.
+TIMEOUT_GRACE = 2.0
 MAX_FRAME_BYTES = 512 * 1024
 
 
@@ -232,20 +235,37 @@ async def read_batches(
     """Yield a run stream's chunks from ``start_index`` until its end, or until no chunk came
     for ``timeout_in_seconds``, in batches: the new chunks of each frame. ``progress`` tracks
     the index of the next chunk and whether the stream ended (rather than the wait timing
-    out)."""
+    out).
+
+    The timeout is this reader's promise, counted across reconnections: each connection asks
+    the server for what is left of it, and the reader ends when it is spent, however often the
+    connection was lost meanwhile.
+    """
     backoff = _Backoff(give_up_after or GIVE_UP_AFTER, RunstreamError)
     what = f"reading stream {key!r} of run {run_id}"
     progress.next_index = start_index
+    deadline = time.monotonic() + timeout_in_seconds
     while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
         query = urlencode(
-            {"start_index": progress.next_index, "timeout_in_seconds": timeout_in_seconds}
+            {"start_index": progress.next_index, "timeout_in_seconds": math.ceil(remaining)}
         )
         try:
             async with _connect(
                 config, f"{stream_route(run_id, key)}?{query}", access_token
             ) as connection:
                 backoff.succeeded()
-                async for message in connection:
+                while True:
+                    try:
+                        # The server ends a quiet read itself; this guards against one that
+                        # never says so (a stalled connection).
+                        message = await asyncio.wait_for(
+                            connection.recv(), deadline - time.monotonic() + TIMEOUT_GRACE
+                        )
+                    except TimeoutError:
+                        return
                     frame = json.loads(message)
                     if frame.get("type") == "end":
                         progress.ended = True
@@ -256,19 +276,15 @@ async def read_batches(
                     fresh = frame["chunks"][max(0, progress.next_index - frame["index"]) :]
                     if fresh:
                         progress.next_index = frame["index"] + len(frame["chunks"])
+                        deadline = time.monotonic() + timeout_in_seconds
                         yield fresh
-                code = connection.close_code
-                if code in (CLOSE_NORMAL, CLOSE_TIMEOUT):
-                    return
-                raise ConnectionClosed(connection.close_rcvd, connection.close_sent)
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as error:
             refusal = _refusal(error)
             if refusal is not None:
                 raise refusal from error
-            if (
-                isinstance(error, ConnectionClosed)
-                and error.rcvd is not None
-                and error.rcvd.code == CLOSE_TIMEOUT
-            ):
-                return
+            if isinstance(error, ConnectionClosed) and error.rcvd is not None:
+                if error.rcvd.code == CLOSE_TIMEOUT:
+                    return
+                if error.rcvd.code == CLOSE_NORMAL and progress.ended:
+                    return
             await backoff.failed(error, what)

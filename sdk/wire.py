@@ -28,6 +28,12 @@ CLOSE_TOO_LARGE = 4413
 # Never sent on purpose: something failed inside the server.
 CLOSE_INTERNAL_ERROR = 1011
 
+# The largest frame a reader is sent: what a websocket client accepts by default (the
+# ``websockets`` package's ``max_size``). A run stream's chunk is at most this less the frame's
+# own overhead, so that every chunk fits a frame of its own.
+MAX_READER_FRAME_BYTES = 2**20
+MAX_RUN_CHUNK_BYTES = MAX_READER_FRAME_BYTES - 64
+
 
 def is_refusal(code: int) -> bool:
     """True for the close codes by which the server refuses a request (retrying cannot help)."""

@@ -77,13 +77,15 @@ class Writer:
         self.run_id = run_id
         self.key = key
         self.writer_id = f"writer-{key}"
-        self.next_seq = runtime.run_streams.open_writer(run_id, key, self.writer_id) + 1
+        session = runtime.run_streams.open_writer(run_id, key, self.writer_id)
+        self.epoch = session.epoch
+        self.next_seq = session.last_seq + 1
 
     def write(self, *chunks: Any) -> None:
         """Append each chunk in its own write, as a worker streaming tokens does."""
         for chunk in chunks:
             self.runtime.run_streams.write(
-                self.run_id, self.key, self.writer_id, self.next_seq, [chunk]
+                self.run_id, self.key, self.writer_id, self.epoch, self.next_seq, [chunk]
             )
             self.next_seq += 1
 

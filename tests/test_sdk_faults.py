@@ -409,6 +409,37 @@ def test_a_reader_whose_connections_keep_being_cut_yields_every_chunk_once_in_or
     assert stream_state(server, run_id, "live") == (len(CHUNKS), True)
 
 
+def test_a_read_timeout_holds_however_often_the_connection_is_cut(
+    server: ServerProcess, proxy: Proxy
+) -> None:
+    """``timeout_in_seconds`` is the reader's promise: with its connection cut every 0.3 s,
+    a read with a 3-second timeout still ends within 5 s of the last chunk, with every chunk
+    once (each reconnection asks the server only for what is left of the timeout)."""
+    run_id = queued_run(server)
+    chunks = [f"c{n}" for n in range(20)]
+
+    async def scenario() -> tuple[list[Any], float, bool]:
+        configure(api_url=server.url, secret_key=SECRET_KEY)
+        piped = streams.pipe("timed", chunks, target=run_id)
+        await piped.wait_until_complete()
+        configure(api_url=proxy.url, secret_key=SECRET_KEY)
+        stream = await streams.read(run_id, "timed", timeout_in_seconds=3)
+        received: list[Any] = []
+        last_chunk_at = time.monotonic()
+        async for chunk in stream:
+            received.append(chunk)
+            last_chunk_at = time.monotonic()
+        return received, time.monotonic() - last_chunk_at, stream.ended
+
+    with proxy.cutting_every(0.3):
+        received, quiet_for, ended = arun(scenario())
+
+    assert received == chunks
+    assert 3 <= quiet_for <= 5
+    assert ended is False  # it timed out: the run and its stream go on
+    assert proxy.connections > 5
+
+
 def test_a_blocking_reader_whose_connections_are_cut_yields_every_stored_chunk_once(
     server: ServerProcess, proxy: Proxy
 ) -> None:

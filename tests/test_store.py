@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -1136,83 +1135,3 @@ def test_two_stores_sharing_a_database_append_safely(store: Store, engine: Engin
     stored = contents(store, "s")
     assert sorted(stored) == sorted(f"{t}:{n}".encode() for t in range(8) for n in range(25))
     assert store.head("s").next_position == other.head("s").next_position == 200
-
-
-# -- the hub ---------------------------------------------------------------------------------
-
-
-def test_subscription_wakes_when_an_append_commits(store: Store, hub: InProcessHub) -> None:
-    """A waiting reader is woken by the append, and the append is visible when it wakes."""
-    store.create("s", CreateRequest(TEXT))
-    woke: list[bool] = []
-    seen: list[list[bytes]] = []
-    waiting = threading.Event()
-
-    def reader() -> None:
-        with hub.subscribe("s") as subscription:
-            waiting.set()
-            woke.append(subscription.wait(10))
-            seen.append(contents(store, "s"))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    assert waiting.wait(10)
-    append(store, "s", b"news")
-    thread.join(10)
-
-    assert woke == [True]
-    assert seen == [[b"news"]]
-
-
-def test_a_publish_before_wait_is_not_lost(store: Store, hub: InProcessHub) -> None:
-    store.create("s", CreateRequest(TEXT))
-
-    with hub.subscribe("s") as subscription:
-        append(store, "s", b"landed between read and wait")
-        assert subscription.wait(10) is True
-        assert subscription.wait(0.05) is False  # and it counts once
-
-
-@pytest.mark.parametrize("change", ["close", "delete", "create"])
-def test_closing_deleting_and_creating_wake_subscribers(
-    store: Store, hub: InProcessHub, change: str
-) -> None:
-    store.create("s", CreateRequest(TEXT))
-    changes: dict[str, tuple[str, Callable[[], object]]] = {
-        "close": ("s", lambda: append(store, "s", close=True)),
-        "delete": ("s", lambda: store.delete("s")),
-        "create": ("new", lambda: store.create("new", CreateRequest(TEXT))),
-    }
-    topic, make_change = changes[change]
-
-    with hub.subscribe(topic) as subscription:
-        make_change()
-        assert subscription.wait(10) is True
-
-
-def test_only_accepted_changes_to_the_stream_wake_its_subscription(
-    store: Store, hub: InProcessHub
-) -> None:
-    """Changes to other streams, rejected appends and producer retries wake no one."""
-    store.create("s", CreateRequest(TEXT))
-    store.create("other", CreateRequest(TEXT))
-
-    with hub.subscribe("s") as subscription:
-        append(store, "other", b"not for s")
-        store.create("s-2", CreateRequest(TEXT))
-        assert subscription.wait(0.2) is False
-
-        append(store, "s", b"accepted", stream_seq="1", producer=claim("p", 0, 0))
-        assert subscription.wait(10) is True
-
-        with pytest.raises(Conflict):
-            append(store, "s", b"rejected", stream_seq="0")
-        append(store, "s", b"accepted", stream_seq="1", producer=claim("p", 0, 0))  # a retry
-        assert subscription.wait(0.2) is False
-
-
-def test_closed_subscriptions_stop_listening(hub: InProcessHub) -> None:
-    with hub.subscribe("a"), hub.subscribe("a"), hub.subscribe("b"):
-        assert hub.listener_count() == 3
-    assert hub.listener_count() == 0
-    hub.publish("a")  # no listener left: nothing to wake, nothing fails

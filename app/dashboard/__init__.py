@@ -16,6 +16,7 @@ from flask import Flask, Response, abort, redirect, request, send_from_directory
 from flask.typing import ResponseReturnValue
 from reactpy import html
 
+from ..core.hub import Commit
 from ..runtime import runtime, runtime_of
 from .pages import RUNS_TOPIC, Dashboard
 from .serving import mount
@@ -28,7 +29,7 @@ STATIC_SUFFIXES = (".css", ".js", ".svg", ".ico")
 def init_app(app: Flask) -> None:
     app_runtime = runtime_of(app)
     app.secret_key = app_runtime.auth.derive_key("dashboard sessions")
-    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(RUNS_TOPIC))
+    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(Commit.changed(RUNS_TOPIC)))
     mount(
         app,
         Dashboard,

@@ -13,6 +13,7 @@ from reactpy.core.types import ComponentType, VdomDict
 
 from runstream.components import StreamView
 
+from ..core.follower import AsyncTopicWatch
 from ..core.store import StreamInfo
 from ..runs.runs import RunRecord, RunStatus
 from ..runtime import Runtime, runtime
@@ -47,10 +48,10 @@ def use_live(load: Callable[[Runtime], T], dependencies: list[Any]) -> T | None:
 
     @use_effect(dependencies=dependencies)
     async def refresh() -> None:
-        async with app_runtime.hub.subscribe_async(RUNS_TOPIC) as subscription:
+        async with AsyncTopicWatch(app_runtime.hub, RUNS_TOPIC) as news:
             while True:
                 set_value(await asyncio.to_thread(load, app_runtime))
-                await subscription.wait(REFRESH_SECONDS)
+                await news.wait(REFRESH_SECONDS)
 
     return value
 

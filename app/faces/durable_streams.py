@@ -2,8 +2,8 @@
 
 A thin face over the store: this module turns headers and query parameters into store calls and
 store results into status codes and headers. It holds no stream state of its own. Live reads
-(long-poll and SSE) subscribe to the hub before reading, so an append that commits between the
-read and the wait still wakes them.
+(long-poll and SSE) follow the stream through the core's follower, which takes what the hub
+delivers with each commit and shares each batch's encoding among all its readers.
 """
 
 from __future__ import annotations
@@ -12,23 +12,26 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
+
+from runstream.wire import MAX_RUN_CHUNK_BYTES
 
 from ..core import offsets
 from ..core.clock import format_timestamp
 from ..core.content_types import DEFAULT, is_json, is_text
 from ..core.errors import Invalid
+from ..core.follower import Batch, Follower
 from ..core.json_messages import join_messages, split_messages
 from ..core.store import (
     AppendRequest,
     CreateRequest,
     ForkRequest,
     ProducerClaim,
-    ReadResult,
     Store,
+    StreamInfo,
 )
 from ..runs.run_streams import parse_stream_path
 from ..runtime import runtime
@@ -217,6 +220,8 @@ def append(store: Store, path: str) -> Response:
             stream_seq=request.headers.get("Stream-Seq"),
             close=close,
             create_if_missing=creation,
+            # A run stream's chunk must fit a websocket reader's frame.
+            max_message_bytes=MAX_RUN_CHUNK_BYTES if run_stream is not None else None,
         ),
     )
     info = result.stream
@@ -253,30 +258,28 @@ def read(store: Store, path: str) -> Response:
         raise Invalid(f"live={live} needs an offset: -1, now, or a Stream-Next-Offset value")
     position = parse_read_offset(given[0] if given else offsets.START)
     settings = runtime().settings
+    reading = StreamReading(store, path, settings.max_read_bytes)
     if live == "sse":
-        return sse(store, path, position)
-
+        return sse(reading, sse_position(position))
     if live == "long-poll":
-        result = long_poll(
-            store, path, position, settings.long_poll_timeout, settings.max_read_bytes
-        )
+        batch = long_poll(reading, position, settings.long_poll_timeout)
     else:
-        result = store.read(path, position, max_bytes=settings.max_read_bytes)
-    info = result.stream
+        batch = reading.read(position)
+    info = reading.info
 
-    if live == "long-poll" and not result.messages:
+    if live == "long-poll" and not batch.messages:
         response = empty_response(204)
-        stream_headers(response, result.next_position, closed=info.closed)
+        stream_headers(response, batch.next_position, closed=batch.closed)
         response.headers["Stream-Up-To-Date"] = "true"
-        if not info.closed:
+        if not batch.closed:
             response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    body = join_messages(result.messages) if info.is_json else b"".join(result.messages)
+    body = batch.encoded("http-body", lambda: payload(info, batch.messages))
     response = Response(body, status=200, content_type=info.content_type)
-    stream_headers(response, result.next_position, closed=result.reached_end)
-    if result.up_to_date:
+    stream_headers(response, batch.next_position, closed=batch.reached_end)
+    if batch.up_to_date:
         response.headers["Stream-Up-To-Date"] = "true"
     if live == "long-poll":
         response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
@@ -285,81 +288,115 @@ def read(store: Store, path: str) -> Response:
         return response
 
     start = position
-    etag = f'"{info.id}:{start}:{result.next_position}{":c" if result.reached_end else ""}"'
+    etag = f'"{info.id}:{start}:{batch.next_position}{":c" if batch.reached_end else ""}"'
     response.headers["ETag"] = etag
     response.headers["Cache-Control"] = "private, max-age=60, stale-while-revalidate=300"
     if request.if_none_match.contains_raw(etag):
         not_modified = empty_response(304)
         not_modified.headers["ETag"] = etag
         not_modified.headers["Cache-Control"] = response.headers["Cache-Control"]
-        stream_headers(not_modified, result.next_position, closed=result.reached_end)
+        stream_headers(not_modified, batch.next_position, closed=batch.reached_end)
         return not_modified
     return response
 
 
-def long_poll(
-    store: Store, path: str, position: int | None, timeout: float, max_bytes: int
-) -> ReadResult:
+class StreamReading:
+    """How a follower reads a stream through the store; remembers what it last learnt of the
+    stream itself (its content type, its id)."""
+
+    def __init__(self, store: Store, path: str, max_bytes: int) -> None:
+        self.store = store
+        self.path = path
+        self.max_bytes = max_bytes
+        self._info: StreamInfo | None = None
+
+    @property
+    def info(self) -> StreamInfo:
+        assert self._info is not None, "read the stream first"
+        return self._info
+
+    def read(self, position: int | None) -> Batch:
+        result = self.store.read(self.path, position, max_bytes=self.max_bytes)
+        self._info = result.stream
+        start = result.next_position - len(result.messages)
+        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
+
+    def follower(self, position: int | None) -> Follower:
+        return Follower(self.store.hub, self.path, position, self.read)
+
+
+def payload(info: StreamInfo, messages: Sequence[bytes]) -> bytes:
+    """Messages as a read response carries them: a JSON array on a JSON stream, else bytes."""
+    return join_messages(list(messages)) if info.is_json else b"".join(messages)
+
+
+def long_poll(reading: StreamReading, position: int | None, timeout: float) -> Batch:
     """Read at ``position``, waiting up to ``timeout`` seconds for data if there is none yet."""
-    deadline = time.monotonic() + timeout
-    with store.hub.subscribe(path) as subscription:
-        result = store.read(path, position, max_bytes=max_bytes)
-        position = result.next_position
-        while not result.messages and not result.stream.closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            subscription.wait(remaining)
-            result = store.read(path, position, max_bytes=max_bytes)
-    return result
+    with reading.follower(position) as follower:
+        batch = follower.first()
+        if batch.messages or batch.closed:
+            return batch
+        return follower.next(timeout) or batch
 
 
-def sse(store: Store, path: str, position: int | None) -> Response:
+def sse_position(position: int | None) -> int | None:
+    """Where an SSE read starts: a browser's ``EventSource`` reconnects to the URL it first
+    opened, telling the offset it got to as ``Last-Event-ID``; that offset wins."""
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None or not last_event_id.strip():
+        return position
+    return offsets.decode(last_event_id.strip())
+
+
+def sse(reading: StreamReading, position: int | None) -> Response:
     settings = runtime().settings
-    # Fail before the 200 is sent if the stream does not exist or the offset is past its tail.
-    first = store.read(path, position, max_bytes=settings.max_read_bytes)
-    info = first.stream
+    follower = reading.follower(position)
+    follower.__enter__()  # listen before the first read: no commit slips in between
+    try:
+        # Fail before the 200 is sent if the stream does not exist or the offset is past its tail.
+        first = follower.first()
+    except BaseException:
+        follower.__exit__(None, None, None)
+        raise
+    info = reading.info
     encode_base64 = not is_text(info.content_type)
     client_cursor = request.args.get("cursor")
 
+    def event(batch: Batch) -> str:
+        """A data event with the batch (built once for all its readers), then the control
+        event that tells where to resume after it, in one write: a reader never sees data
+        without its offset."""
+        control = control_event(batch, client_cursor)
+        if not batch.messages:
+            return control
+        data = batch.encoded(
+            "sse-data", lambda: data_event(payload(info, batch.messages), encode_base64)
+        )
+        return f"{data}{control}"
+
     def events() -> Iterator[str]:
         deadline = time.monotonic() + settings.sse_max_duration
-        result = first
-        with store.hub.subscribe(path) as subscription:
-            announced = False
-            while True:
-                # A data event and the control event that follows it go out in one write, so
-                # that a reader never sees data without the offset to resume after it.
-                if result.messages:
-                    payload = (
-                        join_messages(result.messages)
-                        if result.stream.is_json
-                        else b"".join(result.messages)
-                    )
-                    yield data_event(payload, encode_base64) + control_event(result, client_cursor)
-                    announced = True
-                elif not announced or result.reached_end:
-                    yield control_event(result, client_cursor)
-                    announced = True
-                if result.reached_end:
+        try:
+            yield event(first)
+            batch: Batch | None = first
+            while batch is None or not batch.reached_end:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return
-                if result.up_to_date:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    if not subscription.wait(min(remaining, settings.sse_keepalive)):
+                batch = follower.next(min(remaining, settings.sse_keepalive))
+                if batch is None:
+                    if time.monotonic() < deadline:
                         yield ": keep-alive\n\n"
-                        if time.monotonic() >= deadline:
-                            return
-                        continue
-                try:
-                    result = store.read(
-                        path, result.next_position, max_bytes=settings.max_read_bytes
-                    )
-                except REFUSALS:
-                    return  # deleted or expired while we were reading
+                    continue
+                yield event(batch)
+        except REFUSALS:
+            return  # deleted or expired while it was followed
+        finally:
+            follower.__exit__(None, None, None)
 
     response = Response(events(), status=200, content_type="text/event-stream")
+    # A response closed before its first event never runs the generator's cleanup.
+    response.call_on_close(lambda: follower.__exit__(None, None, None))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     if encode_base64:
@@ -384,16 +421,20 @@ def data_event(payload: bytes, encode_base64: bool) -> str:
     return "event: data\n" + fields + "\n"
 
 
-def control_event(result: ReadResult, client_cursor: str | None) -> str:
-    control: dict[str, object] = {"streamNextOffset": offsets.encode(result.next_position)}
-    if result.reached_end:
+def control_event(batch: Batch, client_cursor: str | None) -> str:
+    """The offset to resume from, also as the event's ``id``: a browser's ``EventSource`` sends
+    it back as ``Last-Event-ID`` when it reconnects."""
+    next_offset = offsets.encode(batch.next_position)
+    control: dict[str, object] = {"streamNextOffset": next_offset}
+    if batch.reached_end:
         control["streamClosed"] = True
         control["upToDate"] = True
     else:
         control["streamCursor"] = cursors.next_cursor(client_cursor)
-        if result.up_to_date:
+        if batch.up_to_date:
             control["upToDate"] = True
-    return "event: control\ndata:" + json.dumps(control, separators=(",", ":")) + "\n\n"
+    data = json.dumps(control, separators=(",", ":"))
+    return f"event: control\nid:{next_offset}\ndata:{data}\n\n"
 
 
 # -- parsing ---------------------------------------------------------------------------------

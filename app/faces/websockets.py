@@ -13,19 +13,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 
 from runstream.identifiers import check_run_id, check_stream_key
-from runstream.wire import CLOSE_INTERNAL_ERROR, CLOSE_NORMAL, CLOSE_TIMEOUT
+from runstream.wire import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID,
+    CLOSE_NORMAL,
+    CLOSE_NOT_PERMITTED,
+    CLOSE_TIMEOUT,
+    MAX_READER_FRAME_BYTES,
+)
 
 from ..core.errors import Invalid
+from ..core.follower import Batch, Follower
 from ..core.json_messages import parse_strict
-from ..runs.run_streams import RunStreamCursor
+from ..runs.run_streams import RunStreamReading
 from ..runtime import runtime, runtime_of
 from .errors import REFUSALS, answer_for, message_of
 from .requests import caller
@@ -34,8 +43,9 @@ READ_ROUTE = "/realtime/v2/streams/<run_id>/<key>"
 APPEND_ROUTE = "/realtime/v2/streams/<run_id>/<key>/append"
 MAX_READ_TIMEOUT = 600
 DEFAULT_READ_TIMEOUT = 60
-# How often a waiting reader checks that its client is still connected.
-LIVENESS_CHECK_SECONDS = 1.0
+# How often a waiting reader wakes without news, to see that its client is still there (its
+# websocket's thread wakes it at once on a frame or a closed connection).
+KEEPALIVE_SECONDS = 15.0
 # How long a writer may take to say hello after connecting.
 HELLO_TIMEOUT = 30.0
 
@@ -114,35 +124,74 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
         raise Invalid(f"timeout_in_seconds must be from 1 to {MAX_READ_TIMEOUT}, not {timeout}")
 
     app_runtime = runtime()
-    cursor = RunStreamCursor(
-        app_runtime.run_streams, run_id, key, position, app_runtime.settings.max_read_bytes
+    reading = RunStreamReading(
+        app_runtime.run_streams, run_id, key, app_runtime.settings.max_read_bytes
     )
     deadline = time.monotonic() + timeout
-    with app_runtime.hub.subscribe(cursor.path) as subscription:
-        while ws.connected:
-            step = cursor.step()
-            if step.chunks:
-                ws.send(chunks_frame(step.index, step.chunks))
+    with Follower(app_runtime.hub, reading.path, position, reading.read) as follower:
+        # The websocket's own thread wakes the follower when the client sends a frame or goes
+        # away, so that neither waits for a timer.
+        ws.event = _Waker(follower.wake)
+        batch: Batch | None = follower.first()
+        while True:
+            check_reader(ws)
+            if batch is not None and batch.messages:
+                for frame in frames_of(batch):
+                    ws.send(frame)
                 deadline = time.monotonic() + timeout
-            if step.ended:
-                end(ws, cursor.position)
+            if batch is not None and batch.reached_end:
+                end(ws, batch.next_position)
                 return
-            if step.chunks:
-                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Closing(CLOSE_TIMEOUT, f"no data for {timeout} seconds")
-            subscription.wait(min(remaining, LIVENESS_CHECK_SECONDS))
+            batch = follower.next(min(remaining, KEEPALIVE_SECONDS))
 
 
-def chunks_frame(index: int, messages: list[bytes]) -> str:
-    """``{"type": "chunks", "index": <first chunk's index>, "chunks": [...]}``, built from the
-    stored JSON text without decoding it."""
-    return (
-        f'{{"type":"chunks","index":{index},"chunks":['
-        + ",".join(message.decode() for message in messages)
-        + "]}"
+class _Waker:
+    """Stands in for the websocket's event, which its reader thread sets on every frame and at
+    the end of the connection (simple-websocket's ``Base.event``)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.set = wake
+
+
+def check_reader(ws: Any) -> None:
+    """A reader's client only listens: a frame from it is refused, never kept."""
+    if ws.input_buffer:
+        ws.input_buffer.clear()
+        raise Closing(CLOSE_INVALID, "this connection only reads the stream: send no frames")
+    if not ws.connected:
+        raise ConnectionClosed(None, None)
+
+
+def frames_of(batch: Batch) -> list[str]:
+    """A batch as reader frames, built once for all the readers that send it."""
+    return cast(
+        list[str],
+        batch.encoded("ws-frames", lambda: chunks_frames(batch.first_position, batch.messages)),
     )
+
+
+def chunks_frames(index: int, messages: Sequence[bytes]) -> list[str]:
+    """``{"type": "chunks", "index": <first chunk's index>, "chunks": [...]}`` frames of at most
+    MAX_READER_FRAME_BYTES each, built from the stored JSON text without decoding it."""
+    frames: list[str] = []
+    start = 0
+    while start < len(messages):
+        size, end_ = 64, start  # the frame's own bytes, with room for the index
+        while end_ < len(messages) and (
+            end_ == start or size + len(messages[end_]) + 1 <= MAX_READER_FRAME_BYTES
+        ):
+            size += len(messages[end_]) + 1
+            end_ += 1
+        frames.append(
+            f'{{"type":"chunks","index":{index + start},"chunks":['
+            + ",".join(message.decode() for message in messages[start:end_])
+            + "]}"
+        )
+        start = end_
+    return frames
 
 
 def end(ws: Any, next_index: int) -> None:
@@ -151,6 +200,35 @@ def end(ws: Any, next_index: int) -> None:
 
 
 # -- writing ---------------------------------------------------------------------------------
+
+
+class LiveWriters:
+    """The live connection of each writer id in this process: a newer connection with the same
+    writer id takes over, and the older one is closed. (Across processes the store's epochs
+    fence the older one off at its next write.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: dict[tuple[str, str, str], Any] = {}
+
+    def take(self, identity: tuple[str, str, str], ws: Any) -> None:
+        with self._lock:
+            older = self._connections.get(identity)
+            self._connections[identity] = ws
+        if older is not None:
+            close(
+                older,
+                CLOSE_NOT_PERMITTED,
+                f"writer {identity[2]!r} was taken over by a newer connection",
+            )
+
+    def release(self, identity: tuple[str, str, str], ws: Any) -> None:
+        with self._lock:
+            if self._connections.get(identity) is ws:
+                del self._connections[identity]
+
+
+live_writers = LiveWriters()
 
 
 @websocket_route(APPEND_ROUTE)
@@ -169,14 +247,25 @@ def append_stream(ws: Any, run_id: str, key: str) -> None:
     writer_id = hello.get("writer_id")
     if not isinstance(writer_id, str) or not writer_id:
         raise Invalid("hello needs a writer_id: a non-empty string naming this writer")
-    last_seq = run_streams.open_writer(run_id, key, writer_id)
-    ws.send(json.dumps({"type": "ready", "last_seq": last_seq}))
+    session = run_streams.open_writer(run_id, key, writer_id)
+    identity = (run_id, key, writer_id)
+    live_writers.take(identity, ws)
+    try:
+        ws.send(json.dumps({"type": "ready", "last_seq": session.last_seq}))
+        write_frames(ws, run_id, key, writer_id, session.epoch, writer_timeout)
+    finally:
+        live_writers.release(identity, ws)
 
+
+def write_frames(
+    ws: Any, run_id: str, key: str, writer_id: str, epoch: int, writer_timeout: float
+) -> None:
+    run_streams = runtime().run_streams
     while True:
         # A writer that stays connected keeps its stream open even while it is quiet.
         frame = receive_frame(ws, writer_timeout / 4)
         if frame is None:
-            run_streams.open_writer(run_id, key, writer_id)
+            run_streams.keep_writer(run_id, key, writer_id, epoch)
             continue
         kind = frame.get("type")
         if kind == "chunks":
@@ -185,7 +274,8 @@ def append_stream(ws: Any, run_id: str, key: str) -> None:
                 raise Invalid("a chunks frame needs seq: the number of its first chunk, >= 0")
             if not isinstance(chunks, list) or not chunks:
                 raise Invalid("a chunks frame needs chunks: a non-empty list of JSON values")
-            result = run_streams.write(run_id, key, writer_id, first_seq, chunks)
+            # Stored, or refused (a newer session fences this one): only then acknowledged.
+            result = run_streams.write(run_id, key, writer_id, epoch, first_seq, chunks)
             ws.send(json.dumps({"type": "ack", "seq": result.producer_seq}))
         elif kind == "end":
             run_streams.close_writer(run_id, key, writer_id)

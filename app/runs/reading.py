@@ -1,5 +1,6 @@
 """Reading run streams in-process, as the ReactPy hooks rendered inside the server do: the
-server's :class:`runstream.reading.ChunkSource`, reading the store and woken by the hub."""
+server's :class:`runstream.reading.ChunkSource`, following the store through the core's
+:class:`~runstream.server.core.follower.AsyncFollower`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 
 from runstream.reading import ReadProgress, ReadStream
 
+from ..core.follower import AsyncFollower, Batch
 from ..core.hub import Hub
-from .run_streams import RunStreamCursor, RunStreams
+from .run_streams import RunStreamReading, RunStreams
 
 
 class InProcessChunkSource:
@@ -24,29 +26,34 @@ class InProcessChunkSource:
     async def read(
         self, run_id: str, key: str, *, start_index: int, timeout_in_seconds: int
     ) -> ReadStream[Any]:
-        cursor = await asyncio.to_thread(
-            RunStreamCursor, self._run_streams, run_id, key, start_index, self._max_read_bytes
+        reading = await asyncio.to_thread(
+            RunStreamReading, self._run_streams, run_id, key, self._max_read_bytes
         )
         progress = ReadProgress(start_index)
-        return ReadStream(self._follow(cursor, progress, timeout_in_seconds), progress)
+        return ReadStream(self._follow(reading, progress, timeout_in_seconds), progress)
 
     async def _follow(
-        self, cursor: RunStreamCursor, progress: ReadProgress, timeout_in_seconds: int
+        self, reading: RunStreamReading, progress: ReadProgress, timeout_in_seconds: int
     ) -> AsyncIterator[list[Any]]:
-        deadline = time.monotonic() + timeout_in_seconds
-        async with self._hub.subscribe_async(cursor.path) as subscription:
+        async with AsyncFollower(
+            self._hub, reading.path, progress.next_index, reading.read
+        ) as follower:
+            deadline = time.monotonic() + timeout_in_seconds
             while True:
-                step = await asyncio.to_thread(cursor.step)
-                if step.chunks:
-                    progress.next_index = step.index + len(step.chunks)
-                    yield [json.loads(chunk) for chunk in step.chunks]
+                batch = await follower.next(deadline - time.monotonic())
+                if batch is None:
+                    return  # no data for timeout_in_seconds: stop, without an error
+                if batch.messages:
+                    progress.next_index = batch.next_position
+                    yield decoded(batch)
                     deadline = time.monotonic() + timeout_in_seconds
-                if step.ended:
+                if batch.reached_end:
                     progress.ended = True
                     return
-                if step.chunks:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return  # no data for timeout_in_seconds: stop, without an error
-                await subscription.wait(remaining)
+
+
+def decoded(batch: Batch) -> list[Any]:
+    """The batch's chunks as values, decoded once for every hook that shows them (the list is
+    copied: a hook may keep it; the values are shared and never changed)."""
+    values: list[Any] = batch.encoded("values", lambda: [json.loads(m) for m in batch.messages])
+    return list(values)

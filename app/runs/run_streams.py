@@ -13,19 +13,21 @@ after ``writer_timeout`` seconds of silence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from runstream.identifiers import DEFAULT_KEY, InvalidIdentifier, check_run_id, check_stream_key
-from runstream.wire import encode_chunk
+from runstream.wire import MAX_RUN_CHUNK_BYTES, encode_chunk
 
 from ..core.content_types import JSON, is_json
 from ..core.errors import Gone, Invalid, NotFound
+from ..core.follower import Batch
+from ..core.hub import Commit
 from ..core.store import (
     AppendRequest,
     AppendResult,
     CreateRequest,
     ProducerClaim,
+    ProducerState,
     Store,
     StreamInfo,
 )
@@ -46,51 +48,36 @@ def parse_stream_path(path: str) -> tuple[str, str] | None:
     return run_id, key
 
 
-@dataclass(frozen=True)
-class Step:
-    """What a reader of a run stream gets in one step."""
+class RunStreamReading:
+    """How a follower reads one run stream (see :mod:`runstream.server.core.follower`).
 
-    index: int  # the index of the first of ``chunks``
-    chunks: list[bytes]  # each chunk's JSON text
-    ended: bool  # the stream has ended: no chunk will ever follow
-
-
-class RunStreamCursor:
-    """Reads one run stream, step by step, from a chunk index on.
-
-    The logic every live reader shares (websocket endpoint, in-process hook): a stream that
-    does not exist yet is empty until its first write, unless its run has ended; a stream that
-    existed and vanished was deleted. Between steps that found nothing, the reader waits on
-    the hub topic :attr:`path` in whatever way suits it (a thread, an event loop).
+    A stream that does not exist yet is empty until its first write, unless its run has ended:
+    then it has ended too. A stream that existed and vanished was deleted. ``max_bytes`` bounds
+    what one read returns (at least one chunk is returned, whatever its size).
     """
 
-    def __init__(
-        self, run_streams: RunStreams, run_id: str, key: str, position: int, max_bytes: int
-    ) -> None:
+    def __init__(self, run_streams: RunStreams, run_id: str, key: str, max_bytes: int) -> None:
         self.path = stream_path(run_id, key)
-        self.position = position
         self._run_streams = run_streams
         self._run_id = run_id
         self._key = key
         self._max_bytes = max_bytes
         self._existed = False
-        run_streams.runs.get(run_id)  # 404 for a run that does not exist
+        run_streams.runs.get(run_id)  # NotFound for a run that does not exist
 
-    def step(self) -> Step:
-        """The chunks stored from :attr:`position` on (possibly none), and whether it ended."""
+    def read(self, position: int | None) -> Batch:
+        assert position is not None  # run stream readers always start at a chunk index
         try:
             result = self._run_streams.store.read(
-                self.path, self.position, max_bytes=self._max_bytes, past_tail_ok=True
+                self.path, position, max_bytes=self._max_bytes, past_tail_ok=True
             )
         except NotFound:
             if self._existed:
                 raise Gone(f"stream {self._key!r} of run {self._run_id} was deleted") from None
             ended = self._run_streams.runs.get(self._run_id).status.is_final
-            return Step(self.position, [], ended)
+            return Batch(position, [], position, ended)
         self._existed = True
-        index = self.position
-        self.position = result.next_position
-        return Step(index, result.messages, result.reached_end)
+        return Batch(position, result.messages, result.stream.next_position, result.stream.closed)
 
 
 class RunStreams:
@@ -123,14 +110,24 @@ class RunStreams:
 
     # -- writers -----------------------------------------------------------------------------
 
-    def open_writer(self, run_id: str, key: str, writer_id: str) -> int:
-        """Start (or resume) a writer; returns the number of its last stored chunk, or -1."""
+    def open_writer(self, run_id: str, key: str, writer_id: str) -> ProducerState:
+        """Start (or resume) a writer's session: its epoch, and the number of its last stored
+        chunk (-1 for none). Writes of an older session of the same writer are fenced off."""
         return self.store.open_writer(
             stream_path(run_id, key), writer_id, create_if_missing=self.creation(run_id, key)
         )
 
+    def keep_writer(self, run_id: str, key: str, writer_id: str, epoch: int) -> None:
+        self.store.keep_writer(stream_path(run_id, key), writer_id, epoch)
+
     def write(
-        self, run_id: str, key: str, writer_id: str, first_seq: int, chunks: Sequence[Any]
+        self,
+        run_id: str,
+        key: str,
+        writer_id: str,
+        epoch: int,
+        first_seq: int,
+        chunks: Sequence[Any],
     ) -> AppendResult:
         """Append chunks numbered ``first_seq`` onwards by their writer, each exactly once."""
         messages = [_encoded(chunk) for chunk in chunks]
@@ -139,8 +136,9 @@ class RunStreams:
             AppendRequest(
                 messages=messages,
                 content_type=JSON,
-                producer=ProducerClaim(writer_id, 0, first_seq),
+                producer=ProducerClaim(writer_id, epoch, first_seq),
                 seq_per_message=True,
+                max_message_bytes=MAX_RUN_CHUNK_BYTES,
             ),
         )
 
@@ -156,6 +154,8 @@ class RunStreams:
     def run_finished(self, run: RunRecord) -> None:
         for stream in self.streams(run.id):
             self.store.close_unless_writing(stream.path, writer_timeout=self.writer_timeout)
+        # Readers of streams the run never wrote learn that those have ended too.
+        self.store.hub.publish(Commit.changed_under(f"{PREFIX}{run.id}/"))
 
     def close_abandoned(self) -> int:
         """Close the open streams of ended runs whose writers have all gone; return how many."""

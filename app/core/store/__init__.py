@@ -3,7 +3,7 @@
 Every change is one database transaction, so what a client was told succeeded is exactly what is
 stored: the idempotent-producer check, the inserted messages and the stream's counters commit
 together or not at all, and a retried append can never be stored twice. After a commit the store
-publishes the stream's path on the hub, which wakes readers waiting at the tail.
+publishes what it committed on the hub (:mod:`..hub`), which followers at the tail take.
 
 Write transactions lock the stream's row (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the
 database-wide write lock, taken up front by ``BEGIN IMMEDIATE`` and queued in-process by a lock so

@@ -18,6 +18,7 @@ from ...db import writing
 from ..clock import utcnow
 from ..content_types import same_content_type
 from ..errors import Conflict, Invalid, ProducerFenced, SequenceGap, StreamClosed
+from ..hub import Commit
 from .creation import Creation
 from .requests import AppendRequest, AppendResult, CreateRequest, ProducerClaim, ProducerState
 from .rows import (
@@ -35,12 +36,12 @@ from .rows import (
 class Appends(Creation):
     def append(self, path: str, request: AppendRequest) -> AppendResult:
         """Append messages (and/or close the stream), exactly once per producer request."""
-        result = self._append(path, request)
-        if result.stored:
-            self.hub.publish(path)
+        result, commit = self._append(path, request)
+        if commit is not None:
+            self.hub.publish(commit)
         return result
 
-    def _append(self, path: str, request: AppendRequest) -> AppendResult:
+    def _append(self, path: str, request: AppendRequest) -> tuple[AppendResult, Commit | None]:
         """Validate and store one append, in the order the protocol gives its errors.
 
         A producer's retry is recognised first, so that it succeeds even after the stream was
@@ -51,7 +52,7 @@ class Appends(Creation):
             check_length("Producer-Id", request.producer.producer_id, MAX_NAME_LENGTH)
         if request.stream_seq is not None:
             check_length("Stream-Seq", request.stream_seq, MAX_NAME_LENGTH)
-        self._check_message_sizes(request.messages)
+        self._check_message_sizes(request.messages, request.max_message_bytes)
         now = utcnow()
         claim = request.producer
         messages = request.messages
@@ -70,12 +71,15 @@ class Appends(Creation):
                 already_stored = check_producer(claim, state, request.producer_count)
                 if already_stored == request.producer_count:
                     assert state is not None
-                    return AppendResult(row.info(), stored=False, producer_seq=state.last_seq)
+                    return (
+                        AppendResult(row.info(), stored=False, producer_seq=state.last_seq),
+                        None,
+                    )
                 messages = messages[already_stored:]
 
             if row.closed:
                 if request.close and not messages and claim is None:
-                    return AppendResult(row.info(), stored=False)
+                    return AppendResult(row.info(), stored=False), None
                 raise StreamClosed(
                     f"stream {path!r} is closed; it accepts no more appends",
                     next_position=row.next_position,
@@ -127,7 +131,8 @@ class Appends(Creation):
             if claim is not None:
                 last_seq = claim.seq + request.producer_count - 1
                 self._save_producer(conn, row.id, claim.producer_id, claim.epoch, last_seq, now)
-        return AppendResult(stored.info(), stored=True, producer_seq=last_seq)
+        commit = Commit.appended(path, row.next_position, messages, closed=stored.closed)
+        return AppendResult(stored.info(), stored=True, producer_seq=last_seq), commit
 
     def _save_producer(
         self,
@@ -160,12 +165,15 @@ class Appends(Creation):
 
     def open_writer(
         self, path: str, writer_id: str, *, create_if_missing: CreateRequest | None = None
-    ) -> int:
-        """Register a writer that numbers its messages from 0 and may reconnect.
+    ) -> ProducerState:
+        """Start a session of a writer that numbers its messages from 0 and may reconnect.
 
-        Returns the number of its last message the stream holds (-1 for none), so that it
-        resends only what is missing. Until :meth:`close_writer`, the writer counts as writing:
-        see :meth:`close_unless_writing`. With ``create_if_missing``, a writer's hello is the
+        Each session takes the writer's next epoch, so that a connection of an older session
+        that still writes is fenced off (:class:`ProducerFenced`) by the store itself, in any
+        process; its numbering goes on where it stopped. Returns the session's epoch and the
+        number of the writer's last message the stream holds (-1 for none), so that it resends
+        only what is missing. Until :meth:`close_writer`, the writer counts as writing: see
+        :meth:`close_unless_writing`. With ``create_if_missing``, a writer's hello is the
         stream's first write and creates it.
         """
         check_length("the writer id", writer_id, MAX_NAME_LENGTH)
@@ -175,11 +183,29 @@ class Appends(Creation):
             found = conn.execute(
                 PRODUCER_STATE, {"stream_id": row.id, "producer_id": writer_id}
             ).first()
-            state = ProducerState(*found) if found is not None else ProducerState(0, -1)
+            session = ProducerState(found[0] + 1, found[1]) if found else ProducerState(0, -1)
             self._save_producer(
-                conn, row.id, writer_id, state.epoch, state.last_seq, now, writing=True
+                conn, row.id, writer_id, session.epoch, session.last_seq, now, writing=True
             )
-        return state.last_seq
+        return session
+
+    def keep_writer(self, path: str, writer_id: str, epoch: int) -> None:
+        """A quiet writer's session is still there: it keeps holding its stream open."""
+        with writing(self.engine) as conn:
+            row = live_row(conn, path, utcnow(), lock=True)
+            found = conn.execute(
+                PRODUCER_STATE, {"stream_id": row.id, "producer_id": writer_id}
+            ).first()
+            if found is None or found[0] != epoch:
+                raise ProducerFenced(
+                    f"writer {writer_id!r} was taken over by a newer connection",
+                    current_epoch=found[0] if found else epoch,
+                )
+            conn.execute(
+                update(producers)
+                .where(producers.c.stream_id == row.id, producers.c.producer_id == writer_id)
+                .values(seen_at=utcnow(), writing=True)
+            )
 
     def close_writer(self, path: str, writer_id: str) -> None:
         """The writer has sent everything it will: it no longer holds the stream open."""
@@ -213,7 +239,7 @@ class Appends(Creation):
             if still_writing is not None:
                 return False
             conn.execute(update(streams).where(streams.c.id == row.id).values(closed=True))
-        self.hub.publish(path)
+        self.hub.publish(Commit.appended(path, row.next_position, (), closed=True))
         return True
 
 

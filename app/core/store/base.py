@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from sqlalchemy import Engine
@@ -23,11 +24,26 @@ class StoreBase:
         self.hub = hub
         self.max_stream_bytes = max_stream_bytes
         self.max_message_bytes = max_message_bytes
+        self._reads = 0
+        self._reads_lock = threading.Lock()
 
-    def _check_message_sizes(self, messages: Sequence[bytes]) -> None:
-        limit = self.max_message_bytes
-        if limit is None:
+    @property
+    def read_count(self) -> int:
+        """How many times streams were read since the store was made: what live readers cost
+        the database, where tests and benchmarks can see it."""
+        return self._reads
+
+    def _count_read(self) -> None:
+        with self._reads_lock:
+            self._reads += 1
+
+    def _check_message_sizes(
+        self, messages: Sequence[bytes], lower_limit: int | None = None
+    ) -> None:
+        limits = [limit for limit in (self.max_message_bytes, lower_limit) if limit is not None]
+        if not limits:
             return
+        limit = min(limits)
         for message in messages:
             if len(message) > limit:
                 raise TooLarge(

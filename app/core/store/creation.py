@@ -17,6 +17,7 @@ from .. import offsets
 from ..clock import utcnow
 from ..content_types import is_json, same_content_type
 from ..errors import Conflict, Invalid, NotFound
+from ..hub import Commit
 from .base import StoreBase
 from .requests import CreateRequest, CreateResult
 from .retention import retire
@@ -46,7 +47,7 @@ class Creation(StoreBase):
             # where the check does not lock a row that does not exist yet): compare with theirs.
             result = self._create(path, request)
         if result.created:
-            self.hub.publish(path)
+            self.hub.publish(Commit.changed(path))
         return result
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:

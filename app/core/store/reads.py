@@ -44,6 +44,7 @@ class Reads(StoreBase):
         At least one message is returned when one exists, however large. A position past the
         tail is a 400, unless ``past_tail_ok``: then there is nothing to read there *yet*.
         """
+        self._count_read()
         now = utcnow()
         with reading(self.engine) as conn:
             row = live_row(conn, path, now)

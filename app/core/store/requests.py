@@ -65,6 +65,8 @@ class AppendRequest:
     # Create the stream with this configuration if it does not exist, in the append's own
     # transaction: an append that is refused creates nothing.
     create_if_missing: CreateRequest | None = None
+    # A limit per message lower than the store's own, for streams whose readers need one.
+    max_message_bytes: int | None = None
 
     @property
     def producer_count(self) -> int:

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, delete, select, update
 
 from ...db import reading, writing
 from ..clock import utcnow
+from ..hub import Commit
 from .base import StoreBase
 from .rows import StreamRow, chunks, has_forks, live_row, producers, row_by_id, streams
 
@@ -21,7 +22,7 @@ class Retention(StoreBase):
                 conn.execute(update(streams).where(streams.c.id == row.id).values(deleted=True))
             else:
                 remove(conn, row)
-        self.hub.publish(path)
+        self.hub.publish(Commit.changed(path, gone=True))
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Remove every expired stream (keeping the data forks still read); return how many."""
@@ -47,7 +48,7 @@ class Retention(StoreBase):
                     retire(conn, row)
                     purged.append(row.path)
         for path in purged:
-            self.hub.publish(path)
+            self.hub.publish(Commit.changed(path, gone=True))
         return len(purged)
 
 
