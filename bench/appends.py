@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from runstream.server.core.follower import Batch, Follower
+from runstream.server.core.follower import Follower, store_reader
 from runstream.server.core.hub import InProcessHub
 from runstream.server.core.store import AppendRequest, CreateRequest, Store
 from runstream.server.db import make_engine
@@ -160,11 +160,7 @@ def wait_for_data(
 ) -> None:
     """Follow the stream at ``position`` until its next message arrives; note when."""
 
-    def read(at: int | None) -> Batch:
-        result = store.read(path, at, max_bytes=1 << 20)
-        start = result.next_position - len(result.messages)
-        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
-
+    read = store_reader(store, path, max_bytes=1 << 20)
     with Follower(store.hub, path, position, read) as follower:
         follower.first()
         ready.set()

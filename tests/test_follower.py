@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from runstream.server.core.errors import Gone, NotFound
-from runstream.server.core.follower import AsyncFollower, Batch, Follower
+from runstream.server.core.follower import AsyncFollower, Batch, Follower, store_reader
 from runstream.server.core.hub import MAX_CARRIED_BYTES, Commit, Hub, InProcessHub
 from runstream.server.core.store import AppendRequest, CreateRequest, ProducerClaim, Store
 
@@ -20,12 +20,7 @@ TEXT = "text/plain"
 
 
 def follower(store: Store, path: str, position: int | None = 0) -> Follower:
-    def read(at: int | None) -> Batch:
-        result = store.read(path, at, max_bytes=1 << 20)
-        start = result.next_position - len(result.messages)
-        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
-
-    return Follower(store.hub, path, position, read)
+    return Follower(store.hub, path, position, store_reader(store, path, max_bytes=1 << 20))
 
 
 def append(store: Store, path: str, *messages: bytes, close: bool = False) -> None:
@@ -135,11 +130,7 @@ def test_a_reader_behind_catches_up_in_pages_then_follows(store: Store, stream: 
     for _ in range(20):
         append(store, stream, b"y" * 100_000)
 
-    def read(at: int | None) -> Batch:
-        result = store.read(stream, at, max_bytes=250_000)
-        start = result.next_position - len(result.messages)
-        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
-
+    read = store_reader(store, stream, max_bytes=250_000)
     with Follower(store.hub, stream, 0, read) as follow:
         first = follow.first()
         assert 0 < len(first.messages) < 20 and not first.up_to_date
@@ -311,10 +302,7 @@ def test_a_thousand_appends_to_a_hundred_followers_cost_no_read_each(
 
 
 def test_the_async_follower_is_the_same_path_in_an_event_loop(store: Store, stream: str) -> None:
-    def read(at: int | None) -> Batch:
-        result = store.read(stream, at, max_bytes=1 << 20)
-        start = result.next_position - len(result.messages)
-        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
+    read = store_reader(store, stream, max_bytes=1 << 20)
 
     async def scenario() -> list[bytes]:
         seen: list[bytes] = []

@@ -23,9 +23,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from .hub import Commit, Hub
+from .store import ReadResult, Store
 
 # How many undelivered commits a follower keeps; past that it forgets them and reads the store.
 MAX_PENDING_COMMITS = 256
@@ -65,11 +66,28 @@ class Batch:
 # Reads the stream from a position (None: from its tail); raises the core's errors (NotFound,
 # Gone) as the store does.
 Reader = Callable[[int | None], Batch]
+
+
+def batch_of(result: ReadResult) -> Batch:
+    """What a read of the store says, as a follower hands it on."""
+    start = result.next_position - len(result.messages)
+    return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
+
+
+def store_reader(store: Store, path: str, *, max_bytes: int) -> Reader:
+    """The reader of a stream of ``store``, ``max_bytes`` at most per read (at least one
+    message, whatever its size)."""
+    return lambda position: batch_of(store.read(path, position, max_bytes=max_bytes))
+
+
 _READ = object()
 
 
 class _Follow:
     """The state of one follower: where it stands, and the commits the hub delivered since."""
+
+    # How the follower is woken when a commit arrives: each face of the follower has its own.
+    _wake: Callable[[], None]
 
     def __init__(self, hub: Hub, path: str, position: int | None, read: Reader) -> None:
         self.hub = hub
@@ -93,9 +111,6 @@ class _Follow:
             else:
                 self._commits.append(commit)
         self._wake()
-
-    def _wake(self) -> None:
-        raise NotImplementedError
 
     # -- the follower's own steps ------------------------------------------------------------
 
@@ -228,20 +243,25 @@ class Follower(_Follow):
             return self._must_read or bool(self._commits)
 
 
-class AsyncFollower(_Follow):
-    """Follows a stream from an event loop; create it inside the running loop. Use it as an
-    async context manager. The hub's commits arrive on whatever thread committed; they reach
-    the loop through ``call_soon_threadsafe``, the one safe way into a loop from a thread."""
+class _AsyncListening:
+    """Listens on a hub topic from an event loop, while used as an async context manager. The
+    hub's commits arrive on whatever thread committed; they reach the loop through
+    ``call_soon_threadsafe``, the one safe way into a loop from a thread."""
 
-    def __init__(self, hub: Hub, path: str, position: int | None, read: Reader) -> None:
-        super().__init__(hub, path, position, read)
+    hub: Hub
+    path: str
+
+    def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
+
+    def _deliver(self, commit: Commit) -> None:
+        self._wake()
 
     def _wake(self) -> None:
         self._loop.call_soon_threadsafe(self._event.set)
 
-    async def __aenter__(self) -> AsyncFollower:
+    async def __aenter__(self) -> Self:
         self.hub.add_listener(self.path, self._deliver)
         return self
 
@@ -252,6 +272,15 @@ class AsyncFollower(_Follow):
         traceback: TracebackType | None,
     ) -> None:
         self.hub.remove_listener(self.path, self._deliver)
+
+
+class AsyncFollower(_Follow, _AsyncListening):
+    """Follows a stream from an event loop; create it inside the running loop. Use it as an
+    async context manager."""
+
+    def __init__(self, hub: Hub, path: str, position: int | None, read: Reader) -> None:
+        _Follow.__init__(self, hub, path, position, read)
+        _AsyncListening.__init__(self)
 
     async def next(self, timeout: float) -> Batch | None:
         """The next batch with news; None when ``timeout`` seconds passed without any."""
@@ -275,30 +304,14 @@ class AsyncFollower(_Follow):
         return None
 
 
-class AsyncTopicWatch:
+class AsyncTopicWatch(_AsyncListening):
     """Waits, in an event loop, for news on a hub topic that is no stream (such as ``runs``:
     a run changed). Use it as an async context manager."""
 
     def __init__(self, hub: Hub, topic: str) -> None:
-        self._hub = hub
-        self._topic = topic
-        self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-
-    def _deliver(self, _commit: Commit) -> None:
-        self._loop.call_soon_threadsafe(self._event.set)
-
-    async def __aenter__(self) -> AsyncTopicWatch:
-        self._hub.add_listener(self._topic, self._deliver)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._hub.remove_listener(self._topic, self._deliver)
+        self.hub = hub
+        self.path = topic
+        super().__init__()
 
     async def wait(self, timeout: float) -> bool:
         """True when there was news since the last wait, within ``timeout`` seconds."""

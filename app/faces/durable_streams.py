@@ -23,7 +23,7 @@ from ..core import offsets
 from ..core.clock import format_timestamp
 from ..core.content_types import DEFAULT, is_json, is_text
 from ..core.errors import Invalid
-from ..core.follower import Batch, Follower
+from ..core.follower import Batch, Follower, batch_of
 from ..core.json_messages import join_messages, split_messages
 from ..core.store import (
     AppendRequest,
@@ -318,8 +318,7 @@ class StreamReading:
     def read(self, position: int | None) -> Batch:
         result = self.store.read(self.path, position, max_bytes=self.max_bytes)
         self._info = result.stream
-        start = result.next_position - len(result.messages)
-        return Batch(start, result.messages, result.stream.next_position, result.stream.closed)
+        return batch_of(result)
 
     def follower(self, position: int | None) -> Follower:
         return Follower(self.store.hub, self.path, position, self.read)

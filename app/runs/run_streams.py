@@ -20,7 +20,7 @@ from runstream.wire import MAX_RUN_CHUNK_BYTES, encode_chunk
 
 from ..core.content_types import JSON, is_json
 from ..core.errors import Gone, Invalid, NotFound
-from ..core.follower import Batch
+from ..core.follower import Batch, batch_of
 from ..core.hub import Commit
 from ..core.store import (
     AppendRequest,
@@ -77,7 +77,7 @@ class RunStreamReading:
             ended = self._run_streams.runs.get(self._run_id).status.is_final
             return Batch(position, [], position, ended)
         self._existed = True
-        return Batch(position, result.messages, result.stream.next_position, result.stream.closed)
+        return batch_of(result)
 
 
 class RunStreams:
