@@ -320,3 +320,47 @@ def test_a_hundred_websocket_readers_at_the_tail_cost_no_store_read_per_append(
 
     assert all(chunks == list(range(appends)) for chunks in received)
     assert runtime.store.read_count - reads <= appends  # not one per reader per append
+
+
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+def test_an_append_between_the_first_read_and_the_wait_is_in_the_same_response(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live: str
+) -> None:
+    """The append is made to land exactly after the live read's first read of the store and
+    before it waits: the follower listened before reading, so the response still carries it."""
+    from runstream.server.faces import durable_streams
+
+    app = create_app(
+        {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": SECRET_KEY, "LONG_POLL_TIMEOUT": 5}
+    )
+    store = runtime_of(app).store
+    client = app.test_client()
+    path = "/v1/stream/tests/between"
+    client.put(path, headers={**AUTH, "Content-Type": "text/plain"})
+    reads = 0
+    original = durable_streams.StreamReading.read
+
+    def read_then_append(reading: Any, position: int | None) -> Any:
+        nonlocal reads
+        batch = original(reading, position)
+        reads += 1
+        if reads == 1:
+            store.append(
+                "tests/between",
+                durable_streams.AppendRequest([b"between"], content_type="text/plain"),
+            )
+        return batch
+
+    monkeypatch.setattr(durable_streams.StreamReading, "read", read_then_append)
+    started = time.monotonic()
+    response = client.get(
+        path, query_string={"offset": "now", "live": live}, headers=AUTH, buffered=False
+    )
+    body = next(response.response) if live == "sse" else response.get_data()
+    if live == "sse":
+        body += next(response.response)
+    response.close()
+
+    assert b"between" in body
+    assert time.monotonic() - started < 2  # delivered, not found by a later timeout
+    runtime_of(app).close()
