@@ -153,6 +153,9 @@ def serve(
             "workers": 1,
             "worker_class": "gthread",
             "threads": threads,
+            # Every live reader holds a connection: gunicorn's own default (1,000) would queue
+            # the readers past it in the listen backlog, unanswered.
+            "worker_connections": max(1000, threads + 64),
             # The main thread heartbeats, so long-lived live reads do not trip this.
             "timeout": 60,
             "graceful_timeout": 3,

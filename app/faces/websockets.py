@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
+from wsproto.utilities import LocalProtocolError
 
 from runstream.identifiers import check_run_id, check_stream_key
 from runstream.wire import (
@@ -39,7 +40,8 @@ from ..runtime import runtime, runtime_of
 from .errors import REFUSALS, answer_for, message_of
 from .requests import caller
 
-READ_ROUTE = "/realtime/v2/streams/<run_id>/<key>"
+READ_PREFIX = "/realtime/v2/streams/"
+READ_ROUTE = READ_PREFIX + "<run_id>/<key>"
 APPEND_ROUTE = "/realtime/v2/streams/<run_id>/<key>/append"
 MAX_READ_TIMEOUT = 600
 DEFAULT_READ_TIMEOUT = 60
@@ -48,6 +50,10 @@ DEFAULT_READ_TIMEOUT = 60
 KEEPALIVE_SECONDS = 15.0
 # How long a writer may take to say hello after connecting.
 HELLO_TIMEOUT = 30.0
+
+# How a connection whose client went away shows: a closed websocket, a socket that is gone, or
+# a frame the protocol can no longer send.
+CONNECTION_GONE = (ConnectionClosed, OSError, LocalProtocolError)
 
 sock = Sock()
 log = logging.getLogger(__name__)
@@ -60,6 +66,17 @@ def init_app(app: Flask) -> None:
         {"max_message_size": runtime_of(app).settings.max_append_bytes},
     )
     sock.init_app(app)
+    app.before_request(uncompressed_readers)
+
+
+def uncompressed_readers() -> None:
+    """Readers' connections are not compressed: a frame is built once and sent as it is to
+    every reader, where per-connection compression would cost each reader a compression of
+    each frame (more than twice the server's work per delivered chunk, measured). The
+    websocket library accepts whatever extension the client offers, so the offer is removed
+    before the handshake."""
+    if request.path.startswith(READ_PREFIX) and not request.path.endswith("/append"):
+        request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
 class Closing(Exception):
@@ -88,8 +105,8 @@ def guarded(handler: Handler) -> Handler:
             close(ws, closing.code, closing.reason)
         except REFUSALS as error:
             close(ws, answer_for(error).close_code, message_of(error))
-        except ConnectionClosed:
-            pass
+        except CONNECTION_GONE:
+            pass  # the client went away, perhaps while a frame was being sent to it
         except Exception:
             # Never let an error escape: the server would write an HTTP 500 into the websocket.
             log.exception("websocket handler failed")
@@ -102,7 +119,7 @@ def guarded(handler: Handler) -> Handler:
 def close(ws: Any, code: int, reason: str) -> None:
     # A close reason must fit in a control frame: 123 bytes of UTF-8.
     encoded = reason.encode()[:123].decode("utf-8", "ignore")
-    with contextlib.suppress(ConnectionClosed):
+    with contextlib.suppress(*CONNECTION_GONE):
         ws.close(reason=code, message=encoded)
 
 

@@ -1,0 +1,969 @@
+"""Fan-out of the live path: one writer, R readers of one run stream, and Redis beside it.
+
+    python bench/fanout.py                         # R = 1, 100, 1000; ws, SSE, Redis; 20 s each
+    python bench/fanout.py --smoke                 # R = 1, 10; 2 s each: a CI check that runs
+    python bench/fanout.py --readers 1,100 --transports ws,redis --seconds 10
+
+What it measures, per scenario (a transport and a number of readers R):
+- One writer sends 100 chunks/s (about 100 bytes of JSON each, carrying its send time) to one run
+  stream over the websocket append endpoint, one ``chunks`` frame per chunk, paced by an absolute
+  schedule (chunk n at start + n/100 s); its acks are read in the background.
+- R readers follow the stream live, over websockets (``/realtime/v2/streams/...``) or over SSE
+  (Durable Streams ``live=sse``), from client processes separate from the server, each an asyncio
+  loop holding its share of the readers. They are all connected and live before the writer
+  starts, so each must get every chunk of the scenario exactly once and in order; duplicates,
+  out-of-order arrivals and missing chunks are counted.
+- Latency is the time from a chunk's send time (its own ``t``) to its arrival at a reader, over
+  all readers and chunks: p50, p99 and max in ms.
+- Server CPU (utime + stime of the gunicorn arbiter and worker, from /proc, as % of one core over
+  the scenario), its RSS (VmRSS, summed), and server CPU per delivered chunk. The readers' own
+  CPU is shown too: on a small machine they compete with the server for cores.
+- The same for Redis as the near-limit line: XADD at 100/s, R readers on XREAD BLOCK (one
+  connection each), CPU and RSS of redis-server. Skipped, saying so, if Redis is unreachable.
+
+Each Runstream scenario gets a fresh ``runstream serve`` (a new SQLite file, auth disabled,
+``--threads 2R+64``). The server's output goes to a log: its
+errors and warnings are summed up after each scenario, and its tail is printed if a scenario
+goes wrong. The writer's own figure (chunk sent -> ack) is printed as a note: when the server
+falls behind, the appends queue up first.
+
+Figures only: nothing is asserted about time. The exit status is non-zero only if the benchmark
+itself breaks (a reader process or the writer fails), or, with ``--smoke``, if any reader did not
+get every chunk: losing a chunk is a bug, not a timing figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import multiprocessing
+import os
+import queue
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+REDIS_PORT = 6379
+KEY = "fanout"
+RATE = 100  # chunks per second
+CHUNK_BYTES = 100
+TRANSPORTS = ("ws", "sse", "redis")
+CONNECTS_AT_ONCE = 50  # per client process: connection attempts in flight at once
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVE = [sys.executable, "-m", "runstream.server"]
+GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
+PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
+
+
+# -- scenarios and their figures ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one client process does: hold ``readers`` readers of one stream."""
+
+    index: int
+    transport: str
+    port: int
+    run_id: str
+    readers: int
+    expected: int  # chunks each reader must get
+    seconds: float
+    connect_timeout: float
+    drain_seconds: float
+    ws_compression: str | None
+
+
+@dataclass
+class Tally:
+    """What one reader received, checked against the chunks 0..expected-1 it must get."""
+
+    expected: int
+    seen: bytearray = field(init=False)
+    highest: int = -1
+    delivered: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+    live: bool = False  # connected and at the tail
+    reconnects: int = 0
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.seen = bytearray(self.expected)
+
+    def add(self, chunk: dict[str, Any], received_at: float) -> None:
+        n = chunk.get("n")
+        if not isinstance(n, int):
+            return  # the priming chunk
+        if not 0 <= n < self.expected or self.seen[n]:
+            self.duplicates += 1
+            return
+        self.seen[n] = 1
+        self.delivered += 1
+        if n < self.highest:
+            self.out_of_order += 1  # it came after a later chunk
+        self.highest = max(self.highest, n)
+        self.latencies_ms.append((received_at - chunk["t"]) * 1000)
+
+    @property
+    def done(self) -> bool:
+        return self.delivered == self.expected
+
+
+@dataclass
+class ProcessResult:
+    """The tallies of one client process, summed."""
+
+    index: int
+    connected: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    reconnects: int = 0
+    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+    cpu_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    transport: str
+    readers: int
+    expected: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    p50: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    server_cpu_percent: float | None = None
+    server_rss_mib: float | None = None
+    cpu_us_per_chunk: float | None = None
+    client_cpu_percent: float | None = None
+    notes: list[str] = field(default_factory=list)
+    broken: bool = False  # the benchmark itself failed (a client process or the writer)
+    log_problems: int = 0  # lines of errors or warnings in the server's log
+    client_bound: bool = False  # the readers' processes had no CPU to spare
+
+    @property
+    def complete(self) -> bool:
+        return self.delivered == self.expected and self.duplicates == 0
+
+
+def make_chunk(n: int) -> str:
+    """About CHUNK_BYTES of JSON carrying its number and its send time."""
+    chunk = json.dumps({"t": time.time(), "n": n, "pad": ""})
+    return chunk[:-2] + "x" * max(0, CHUNK_BYTES - len(chunk)) + '"}'
+
+
+def percentile(ordered: array[float], fraction: float) -> float:
+    return float(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))])
+
+
+def raise_fd_limit() -> None:
+    """Let this process (and what it starts) open as many sockets as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty)"
+
+    def log_problems(self) -> list[str]:
+        """The log's errors and warnings: gunicorn's, the app's, and each exception's last line."""
+        return [
+            GUNICORN_PREFIX.sub("", line.strip())
+            for line in self.log.read_text(errors="replace").splitlines()
+            if PROBLEM.search(line)
+        ]
+
+
+@contextlib.contextmanager
+def runstream_server(threads: int, logs: Path) -> Iterator[Server]:
+    """``runstream serve`` on a fresh SQLite file, auth disabled, killed on the way out."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as instance:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        log = logs / f"server-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [*SERVE, "serve", "--port", str(port), "--threads", str(threads)],
+                env={
+                    **os.environ,
+                    "RUNSTREAM_INSTANCE_PATH": instance,
+                    "RUNSTREAM_AUTH": "disabled",
+                },
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(port, process.pid, log, process)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited at start:\n{server.log_tail()}")
+                try:
+                    httpx.head(f"{server.url}/v1/stream/ready")
+                    break
+                except httpx.TransportError as error:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no server:\n{server.log_tail()}") from error
+                    time.sleep(0.05)
+            yield server
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def trigger_run(url: str) -> str:
+    import httpx
+
+    with httpx.Client(base_url=url) as client:
+        response = client.post("/api/v1/tasks/bench-fanout/trigger", json={"payload": {}})
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+
+# -- measuring processes from /proc ------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the gunicorn arbiter and its worker)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(stat_fields(int(entry.name))[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from its third field (state) on: the name may hold spaces."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2 :].split()
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and kernel CPU seconds of these processes (all their threads) so far."""
+    user = kernel = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = stat_fields(pid)
+            user, kernel = user + int(fields[11]), kernel + int(fields[12])  # utime, stime
+    return user / CLOCK_TICKS, kernel / CLOCK_TICKS
+
+
+def rss_mib(pids: list[int]) -> float:
+    total_kib = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+# -- the writers -------------------------------------------------------------------------------
+
+
+class RunstreamWriter:
+    """One websocket writer of the run stream: hello, a priming chunk, then the paced chunks.
+    Acks are read in the background; the time from sending a chunk to its ack is kept."""
+
+    def __init__(self, port: int, run_id: str) -> None:
+        self.url = f"ws://{HOST}:{port}/realtime/v2/streams/{run_id}/{KEY}/append"
+        self.acked = -1
+        self.acks_changed = asyncio.Event()
+        self.sent_at: dict[int, float] = {}
+        self.ack_ms: array[float] = array("d")
+        self.connection: Any = None
+        self.acks: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Connect and store the priming chunk (seq 0), which tells a reader it is live."""
+        from websockets.asyncio.client import connect
+
+        self.connection = await connect(self.url, max_size=None, ping_interval=None)
+        await self.connection.send(json.dumps({"type": "hello", "writer_id": "bench-fanout"}))
+        ready = json.loads(await self.connection.recv())
+        if ready.get("type") != "ready" or ready.get("last_seq") != -1:
+            raise RuntimeError(f"unexpected answer to hello: {ready}")
+        self.acks = asyncio.create_task(self.read_acks())
+        await self.connection.send(json.dumps({"type": "chunks", "seq": 0, "chunks": [{}]}))
+        if not await self.wait_acked(0, 10):
+            raise RuntimeError("the priming chunk was not acknowledged within 10 s")
+        self.ack_ms = array("d")
+
+    async def read_acks(self) -> None:
+        async for text in self.connection:
+            frame = json.loads(text)
+            if frame.get("type") == "ack":
+                now = time.monotonic()
+                for seq in range(self.acked + 1, frame["seq"] + 1):
+                    self.ack_ms.append((now - self.sent_at.pop(seq, now)) * 1000)
+                self.acked = max(self.acked, frame["seq"])
+                self.acks_changed.set()
+            elif frame.get("type") == "ended":
+                return
+
+    async def wait_acked(self, seq: int, timeout: float) -> bool:
+        """Whether chunk ``seq`` was acknowledged within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.acked < seq and time.monotonic() < deadline:
+            if self.acks is not None and self.acks.done():
+                self.acks.result()  # the connection's error, if it failed
+                raise RuntimeError(f"the writer's connection ended at ack {self.acked}")
+            self.acks_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acks_changed.wait(), deadline - time.monotonic())
+        return self.acked >= seq
+
+    async def send(self, n: int) -> None:
+        self.sent_at[n + 1] = time.monotonic()
+        await self.connection.send(f'{{"type":"chunks","seq":{n + 1},"chunks":[{make_chunk(n)}]}}')
+
+    async def finish(self, count: int, timeout: float) -> list[str]:
+        """Wait for the last ack, then say end; notes on what did not go as it should."""
+        started = time.monotonic()
+        notes = []
+        if not await self.wait_acked(count, timeout):
+            notes.append(
+                f"the server acknowledged {self.acked} of {count} chunks by {timeout:g} s after "
+                "the last send"
+            )
+        else:
+            lag = time.monotonic() - started
+            if lag > 1:
+                notes.append(f"the last ack came {lag:.1f} s after the last send")
+            await self.connection.send(json.dumps({"type": "end"}))
+            if self.acks is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.acks), 10)
+        if self.ack_ms:
+            ordered = array("d", sorted(self.ack_ms))
+            notes.append(
+                f"writer: chunk sent -> ack p50 {percentile(ordered, 0.5):.2f} ms, "
+                f"p99 {percentile(ordered, 0.99):.2f} ms, max {ordered[-1]:.2f} ms"
+            )
+        return notes
+
+    async def close(self) -> None:
+        if self.acks is not None:
+            self.acks.cancel()
+        if self.connection is not None:
+            await self.connection.close()
+
+
+class RedisWriter:
+    """XADD to a fresh stream key: a priming entry, then the paced chunks."""
+
+    def __init__(self, key: str) -> None:
+        import redis.asyncio
+
+        self.key = key
+        self.client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
+
+    async def open(self) -> None:
+        await self.client.xadd(self.key, {"d": "{}"})
+
+    async def send(self, n: int) -> None:
+        await self.client.xadd(self.key, {"d": make_chunk(n)})
+
+    async def finish(self, count: int, timeout: float) -> list[str]:
+        length = await self.client.xlen(self.key)
+        if length != count + 1:
+            return [f"the Redis stream holds {length} entries, not {count + 1}"]
+        return []
+
+    async def close(self) -> None:
+        """Delete the key, once every reader is done with it."""
+        await self.client.delete(self.key)
+        await self.client.aclose()
+
+
+async def write_paced(writer: RunstreamWriter | RedisWriter, count: int) -> float:
+    """Send chunk n at start + n/RATE: a late chunk goes at once, and the schedule holds."""
+    started = time.monotonic()
+    for n in range(count):
+        delay = started + n / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await writer.send(n)
+    return time.monotonic() - started
+
+
+# -- the readers (in client processes) ---------------------------------------------------------
+
+
+def client_process(job: Job, ready: Queue[tuple[int, int]], go: Event, results: Queue[Any]) -> None:
+    """A client process: hold ``job.readers`` readers, report when they are live, then follow
+    the stream until each has every chunk or the time is up; put the summed tallies."""
+    raise_fd_limit()
+    results.put(asyncio.run(run_readers(job, ready, go)))
+
+
+async def run_readers(job: Job, ready: Queue[tuple[int, int]], go: Event) -> ProcessResult:
+    follow = {"ws": follow_websocket, "sse": follow_sse, "redis": follow_redis}[job.transport]
+    tallies = [Tally(job.expected) for _ in range(job.readers)]
+    all_live = asyncio.Event()
+    connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+
+    def on_live(tally: Tally) -> None:
+        if not tally.live:
+            tally.live = True
+            if all(t.live for t in tallies):
+                all_live.set()
+
+    async def reader(tally: Tally) -> None:
+        try:
+            await follow(job, tally, connecting, lambda: on_live(tally))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            tally.error = f"{type(error).__name__}: {error}"
+
+    tasks = [asyncio.create_task(reader(tally)) for tally in tallies]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_live.wait(), job.connect_timeout)
+    ready.put((job.index, sum(t.live for t in tallies)))
+    go_deadline = time.monotonic() + job.connect_timeout + 60
+    while not go.is_set() and time.monotonic() < go_deadline:
+        await asyncio.sleep(0.005)
+    cpu_start = sum(os.times()[:2])
+    pending = [task for task in tasks if not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=job.seconds + job.drain_seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return summed(job.index, tallies, sum(os.times()[:2]) - cpu_start)
+
+
+def summed(index: int, tallies: list[Tally], cpu: float) -> ProcessResult:
+    result = ProcessResult(index, cpu_seconds=cpu)
+    for tally in tallies:
+        result.connected += tally.live
+        result.delivered += tally.delivered
+        result.duplicates += tally.duplicates
+        result.out_of_order += tally.out_of_order
+        result.reconnects += tally.reconnects
+        result.latencies_ms.extend(tally.latencies_ms)
+        if tally.error is not None:
+            result.errors.append(tally.error)
+        elif not tally.done:
+            result.errors.append(f"a reader got {tally.delivered} of {tally.expected} chunks")
+    return result
+
+
+async def follow_websocket(
+    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
+) -> None:
+    """A websocket reader from index 0: the priming chunk, then every chunk as it comes."""
+    from websockets.asyncio.client import connect
+
+    url = (
+        f"ws://{HOST}:{job.port}/realtime/v2/streams/{job.run_id}/{KEY}"
+        "?start_index=0&timeout_in_seconds=60"
+    )
+    async with connecting:
+        connection = await connect(
+            url, max_size=None, ping_interval=None, compression=job.ws_compression, open_timeout=60
+        )
+    try:
+        async for text in connection:
+            received_at = time.time()
+            frame = json.loads(text)
+            if frame["type"] == "end":
+                return
+            for chunk in frame["chunks"]:
+                tally.add(chunk, received_at)
+            on_live()
+            if tally.done:
+                return
+    finally:
+        await connection.close()
+
+
+async def follow_sse(
+    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
+) -> None:
+    """An SSE reader from the tail (offset=now), over a raw HTTP/1.1 connection; it resumes from
+    the last control event's offset if the server ends the response."""
+    offset = "now"
+    while not tally.done:
+        async with connecting:
+            reader, writer = await asyncio.wait_for(open_connection(job.port), 60)
+        try:
+            path = f"/v1/stream/runs/{job.run_id}/{KEY}?offset={offset}&live=sse"
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {HOST}:{job.port}\r\n"
+                "Accept: text/event-stream\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"SSE read refused: {head.splitlines()[0]!r}")
+            chunked = b"transfer-encoding: chunked" in head.lower()
+            pending = b""
+            while not tally.done:
+                data = await read_body_part(reader, chunked)
+                if not data:
+                    break
+                received_at = time.time()
+                *events, pending = (pending + data).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"event: data"):
+                        payload = b"\n".join(
+                            line[5:] for line in event.split(b"\n")[1:] if line.startswith(b"data:")
+                        )
+                        for chunk in json.loads(payload):
+                            tally.add(chunk, received_at)
+                    elif event.startswith(b"event: control"):
+                        offset = event.split(b"\nid:", 1)[1].split(b"\n", 1)[0].decode()
+                        on_live()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if not tally.done:
+            tally.reconnects += 1
+
+
+async def open_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(HOST, port, limit=1 << 22)
+
+
+async def read_body_part(reader: asyncio.StreamReader, chunked: bool) -> bytes:
+    """The next piece of a response body: one HTTP chunk, or what has arrived; b"" at its end."""
+    if not chunked:
+        return await reader.read(1 << 16)
+    size_line = await reader.readuntil(b"\r\n")
+    size = int(size_line.split(b";", 1)[0], 16)
+    if size == 0:
+        return b""
+    return (await reader.readexactly(size + 2))[:-2]
+
+
+async def follow_redis(
+    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
+) -> None:
+    """XREAD BLOCK from the last id, on a connection of its own, from the stream's start."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
+    try:
+        async with connecting:
+            await client.ping()
+        last: bytes | str = "0-0"
+        while not tally.done:
+            answer: Any = await client.xread({job.run_id: last}, count=1000, block=5000)
+            received_at = time.time()
+            for _key, entries in answer or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    tally.add(json.loads(fields[b"d"]), received_at)
+                on_live()
+    finally:
+        await client.aclose()
+
+
+# -- one scenario ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float
+    client_processes: int
+    connect_timeout: float
+    drain_seconds: float
+    ws_compression: str | None
+    logs: Path
+
+    def for_readers(self) -> tuple[float, float, float, str | None]:
+        """The settings a client process takes: the tail of its Job."""
+        return self.seconds, self.connect_timeout, self.drain_seconds, self.ws_compression
+
+
+def run_scenario(transport: str, readers: int, settings: Settings) -> Outcome:
+    """A fresh server (or Redis stream key), the readers, the writer, and the figures."""
+    if transport == "redis":
+        return asyncio.run(measure(transport, readers, settings, None))
+    threads = 2 * readers + 64  # a websocket or SSE reader holds a thread; room for the rest
+    with runstream_server(threads, settings.logs) as server:
+        outcome = asyncio.run(measure(transport, readers, settings, server))
+        if server.process.poll() is not None:
+            outcome.notes.append(f"the server exited with {server.process.returncode}")
+        problems = server.log_problems()
+        outcome.log_problems = len(problems)
+        if problems:
+            counts = collections.Counter(problems)
+            outcome.notes.append(
+                f"server log: {len(problems)} lines of errors or warnings:\n"
+                + "\n".join(f"    | {n} x {problem}" for problem, n in counts.most_common(6))
+            )
+        if not outcome.complete or outcome.broken:
+            outcome.notes.append(f"server log ({server.log}), last lines:\n{server.log_tail()}")
+        return outcome
+
+
+async def measure(
+    transport: str, readers: int, settings: Settings, server: Server | None
+) -> Outcome:
+    outcome = Outcome(transport, readers)
+    count = round(settings.seconds * RATE)
+    outcome.expected = count * readers
+    writer: RunstreamWriter | RedisWriter
+    if server is not None:
+        run_id = await asyncio.to_thread(trigger_run, server.url)
+        writer = RunstreamWriter(server.port, run_id)
+        port, measured = server.port, process_tree(server.pid)
+    else:
+        run_id = f"runstream-bench:fanout:{time.time_ns()}"  # the stream's key
+        writer = RedisWriter(run_id)
+        port, measured = REDIS_PORT, await redis_pids()
+    context = multiprocessing.get_context("spawn")
+    ready: Queue[tuple[int, int]] = context.Queue()
+    results: Queue[Any] = context.Queue()
+    go = context.Event()
+    processes: list[SpawnProcess] = []
+    collected: list[ProcessResult] = []
+    cpu_before, started, rss = cpu_seconds(measured), time.monotonic(), 0.0
+    cpu = (0.0, 0.0)
+    try:
+        try:
+            await writer.open()
+            for index, share in enumerate(split(readers, settings.client_processes)):
+                job = Job(index, transport, port, run_id, share, count, *settings.for_readers())
+                process = context.Process(target=client_process, args=(job, ready, go, results))
+                process.start()
+                processes.append(process)
+            live = await wait_ready(ready, processes, settings.connect_timeout + 30)
+            if live < readers:
+                outcome.notes.append(
+                    f"only {live} of {readers} readers were live after "
+                    f"{settings.connect_timeout:g} s; the writer starts anyway"
+                )
+            cpu_before, started = cpu_seconds(measured), time.monotonic()
+            go.set()
+            await write_paced(writer, count)
+            rss = rss_mib(measured)
+            outcome.notes.extend(await writer.finish(count, settings.drain_seconds))
+        except Exception as error:
+            outcome.broken = True
+            outcome.notes.append(f"the scenario failed: {type(error).__name__}: {error}")
+            go.set()  # the readers still end by their own deadline
+        if processes:
+            collected = await collect(
+                results, processes, settings.seconds + settings.drain_seconds + 60
+            )
+        elapsed = time.monotonic() - started
+        cpu_after = cpu_seconds(measured)
+        cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+    finally:
+        go.set()
+        stop(processes)
+        with contextlib.suppress(Exception):
+            await writer.close()
+    figures(outcome, collected, processes, measured, cpu, elapsed, rss or rss_mib(measured))
+    return outcome
+
+
+async def redis_pids() -> list[int]:
+    """redis-server's pid, if it runs in this machine's /proc (else nothing to measure)."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
+    try:
+        pid = int((await client.info("server"))["process_id"])
+    finally:
+        await client.aclose()
+    return [pid] if Path(f"/proc/{pid}/stat").exists() else []
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` readers over at most ``parts`` processes, none of them empty."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if part < total % parts else 0) for part in range(parts)]
+
+
+async def wait_ready(
+    ready: Queue[tuple[int, int]], processes: list[SpawnProcess], timeout: float
+) -> int:
+    """How many readers are live, once every client process has said so."""
+    live, reported, deadline = 0, 0, time.monotonic() + timeout
+    while reported < len(processes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(processes) - reported} client processes never got ready")
+        try:
+            _, count = await asyncio.to_thread(ready.get, True, 0.5)
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode is not None]
+            if dead:
+                raise RuntimeError(f"a client process exited with {dead[0].exitcode}") from None
+            continue
+        live += count
+        reported += 1
+    return live
+
+
+async def collect(
+    results: Queue[Any], processes: list[SpawnProcess], timeout: float
+) -> list[ProcessResult]:
+    collected: list[ProcessResult] = []
+    deadline = time.monotonic() + timeout
+    while len(collected) < len(processes) and time.monotonic() < deadline:
+        try:
+            collected.append(await asyncio.to_thread(results.get, True, 0.5))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in processes):
+                break
+    return collected
+
+
+def stop(processes: list[SpawnProcess]) -> None:
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+
+
+def figures(
+    outcome: Outcome,
+    collected: list[ProcessResult],
+    processes: list[SpawnProcess],
+    measured: list[int],
+    cpu: tuple[float, float],
+    elapsed: float,
+    rss: float,
+) -> None:
+    crashed = [p.exitcode for p in processes if p.exitcode != 0]
+    if crashed or len(collected) < len(processes):
+        outcome.broken = True
+        outcome.notes.append(
+            f"{len(processes) - len(collected)} client processes gave no result "
+            f"(exit codes {[p.exitcode for p in processes]})"
+        )
+    latencies = array("d")
+    client_cpu, reconnects = 0.0, 0
+    errors: list[str] = []
+    for result in collected:
+        outcome.delivered += result.delivered
+        outcome.duplicates += result.duplicates
+        outcome.out_of_order += result.out_of_order
+        latencies.extend(result.latencies_ms)
+        client_cpu += result.cpu_seconds
+        errors.extend(result.errors)
+        reconnects += result.reconnects
+    if reconnects:
+        outcome.notes.append(f"{reconnects} SSE reconnections (the server ended a response)")
+    if errors:
+        distinct = sorted(set(errors))
+        outcome.notes.append(
+            f"{len(errors)} of {outcome.readers} readers fell short, e.g. {'; '.join(distinct[:3])}"
+        )
+    if latencies:
+        ordered = array("d", sorted(latencies))
+        outcome.p50, outcome.p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
+        outcome.max = ordered[-1]
+    outcome.client_cpu_percent = 100 * client_cpu / elapsed
+    cores = min(len(processes), os.cpu_count() or 1)
+    if processes and outcome.client_cpu_percent >= 75 * cores:
+        outcome.client_bound = True
+        outcome.notes.append(
+            f"the readers' processes used {outcome.client_cpu_percent:.0f}% CPU of the "
+            f"{cores * 100}% they can get: these latencies are the clients' as much as the server's"
+        )
+    if measured:
+        outcome.server_cpu_percent = 100 * sum(cpu) / elapsed
+        outcome.notes.append(
+            f"{'redis-server' if outcome.transport == 'redis' else 'server'} CPU: "
+            f"{100 * cpu[0] / elapsed:.0f}% user, {100 * cpu[1] / elapsed:.0f}% kernel"
+        )
+        outcome.server_rss_mib = rss
+        if outcome.delivered:
+            outcome.cpu_us_per_chunk = sum(cpu) * 1e6 / outcome.delivered
+    else:
+        outcome.notes.append("redis-server is not in this machine's /proc: no CPU or RSS")
+
+
+# -- the report --------------------------------------------------------------------------------
+
+COLUMNS = (
+    f"{'transport':<9} {'R':>5} {'delivered/expected':>21} {'dup':>4} {'ooo':>4} "
+    f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'srv CPU%':>8} {'RSS MiB':>8} "
+    f"{'µs/chunk':>8} {'cli CPU%':>8}"
+)
+
+
+def line(outcome: Outcome) -> str:
+    def number(value: float | None, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    delivered = f"{outcome.delivered}/{outcome.expected}"
+    return (
+        f"{outcome.transport:<9} {outcome.readers:>5} {delivered:>21} {outcome.duplicates:>4} "
+        f"{outcome.out_of_order:>4} {number(outcome.p50, 2):>8} {number(outcome.p99, 2):>8} "
+        f"{number(outcome.max, 2):>8} {number(outcome.server_cpu_percent):>8} "
+        f"{number(outcome.server_rss_mib):>8} {number(outcome.cpu_us_per_chunk):>8} "
+        f"{number(outcome.client_cpu_percent):>8}"
+    )
+
+
+def report(outcomes: list[Outcome]) -> None:
+    print("\nsummary (latency: chunk sent -> received by a reader, over all readers)")
+    print(COLUMNS)
+    for outcome in outcomes:
+        print(line(outcome))
+    redis = {o.readers: o for o in outcomes if o.transport == "redis" and o.p50 and o.p99}
+    ratios = []
+    for o in outcomes:
+        base = redis.get(o.readers)
+        if o.transport == "redis" or base is None or not (o.p50 and o.p99):
+            continue
+        caveats = [
+            *(["Runstream delivered only part"] if not o.complete else []),
+            *(["Redis readers client-bound"] if base.client_bound else []),
+            *(["Runstream readers client-bound"] if o.client_bound else []),
+        ]
+        ratios.append(
+            f"  {o.transport:<4} R={o.readers:<5} p50 x{o.p50 / (base.p50 or 1):.1f}  "
+            f"p99 x{o.p99 / (base.p99 or 1):.1f}" + (f"  ({'; '.join(caveats)})" * bool(caveats))
+        )
+    if ratios:
+        print("\nRunstream latency / Redis latency at the same R")
+        print("\n".join(ratios))
+
+
+def redis_reachable() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect((HOST, REDIS_PORT))
+        except OSError:
+            return False
+    return True
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="R = 1, 10; 2 s each; for CI")
+    parser.add_argument("--readers", default="1,100,1000", help="reader counts, comma-separated")
+    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="of ws, sse, redis")
+    parser.add_argument("--seconds", type=float, default=20.0, help="writing time per scenario")
+    parser.add_argument("--client-processes", type=int, default=2, help="processes of readers")
+    parser.add_argument(
+        "--ws-compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="websocket readers offer permessage-deflate, as the SDK and browsers do (default)",
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.readers, args.seconds = "1,10", 2.0
+    args.reader_counts = [int(part) for part in args.readers.split(",") if part]
+    args.transport_list = [part for part in args.transports.split(",") if part]
+    unknown = set(args.transport_list) - set(TRANSPORTS)
+    if unknown:
+        parser.error(f"unknown transports: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main() -> int:
+    args = parse_arguments()
+    raise_fd_limit()
+    transports = list(args.transport_list)
+    if "redis" in transports and not redis_reachable():
+        print(f"note: Redis is not reachable at {HOST}:{REDIS_PORT}; its line is skipped")
+        transports.remove("redis")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    print(
+        f"fan-out: 1 writer at {RATE} chunks/s of ~{CHUNK_BYTES} B, {args.seconds:g} s per "
+        f"scenario, readers in {args.client_processes} client processes, "
+        f"{os.cpu_count()} CPUs, open files limit {soft}"
+    )
+    print(COLUMNS)
+    outcomes: list[Outcome] = []
+    failed = keep_logs = False
+    logs = Path(tempfile.mkdtemp(prefix="fanout-logs-"))
+    settings = Settings(
+        seconds=args.seconds,
+        client_processes=max(1, args.client_processes),
+        connect_timeout=10.0 if args.smoke else 60.0,
+        drain_seconds=10.0 if args.smoke else 30.0,
+        ws_compression=None if args.ws_compression == "none" else "deflate",
+        logs=logs,
+    )
+    try:
+        for readers in args.reader_counts:
+            for transport in transports:
+                outcome = run_scenario(transport, readers, settings)
+                outcomes.append(outcome)
+                print(line(outcome), flush=True)
+                for note in outcome.notes:
+                    print(f"    note: {note}", flush=True)
+                failed |= outcome.broken or (args.smoke and not outcome.complete)
+                keep_logs |= outcome.broken or not outcome.complete or outcome.log_problems > 0
+    finally:
+        if keep_logs:
+            print(f"\nthe server logs are kept in {logs}")
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
+    report(outcomes)
+    if failed:
+        print("\nFAILED: the benchmark broke" + (", or a reader missed chunks" * args.smoke))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
