@@ -433,7 +433,9 @@ def control_event(batch: Batch, client_cursor: str | None) -> str:
         if batch.up_to_date:
             control["upToDate"] = True
     data = json.dumps(control, separators=(",", ":"))
-    return f"event: control\nid:{next_offset}\ndata:{data}\n\n"
+    # The id goes last: the order of an event's fields means nothing to SSE, but clients that
+    # match the event's text expect its data right after its name.
+    return f"event: control\ndata:{data}\nid:{next_offset}\n\n"
 
 
 # -- parsing ---------------------------------------------------------------------------------
