@@ -91,12 +91,19 @@ class ServerProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self.process)
+
+
+def stop_process_group(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM a child started in its own session, and SIGKILL it if it is still there after
+    10 seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 def start_server(instance_path: Path, *, env: dict[str, str] | None = None) -> ServerProcess:

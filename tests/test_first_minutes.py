@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AUTH, SECRET_KEY, start_server
+from conftest import AUTH, SECRET_KEY, start_server, stop_process_group
 from flask import Flask
 from reactpy.core.layout import Layout
 
@@ -124,13 +124,7 @@ class Running:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process)
 
 
 def serve(*args: str, env: dict[str, str]) -> Running:
