@@ -379,3 +379,22 @@ def test_a_readers_connection_is_not_compressed(
 
     assert offered_back is None
     assert writer_extensions is not None and "permessage-deflate" in writer_extensions
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+def test_a_run_stream_chunk_too_large_for_a_frame_is_refused_over_http(
+    server: ServerProcess, client: httpx.Client, method: str
+) -> None:
+    run_id, _ = trigger(client, unique("http-oversized"))
+    body = json.dumps(["y" * wire.MAX_RUN_CHUNK_BYTES])
+
+    response = client.request(
+        method,
+        f"/v1/stream/runs/{run_id}/k",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert "limit" in response.text
+    assert client.get(f"/api/v1/runs/{run_id}").json()["streams"] == []

@@ -174,6 +174,7 @@ def create(store: Store, path: str) -> Response:
             retention_seconds=retention,
             closed=header_is_true("Stream-Closed"),
             fork=fork,
+            max_message_bytes=MAX_RUN_CHUNK_BYTES if run_stream is not None else None,
         ),
     )
     info = result.stream

@@ -52,7 +52,7 @@ class Creation(StoreBase):
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
         check_length("the stream path", path, MAX_PATH_LENGTH)
-        self._check_message_sizes(request.messages)
+        self._check_message_sizes(request.messages, request.max_message_bytes)
         if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
             raise Invalid("a stream path must not contain control characters")
         check_length("Content-Type", request.content_type, MAX_NAME_LENGTH)

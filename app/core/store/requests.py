@@ -26,6 +26,8 @@ class CreateRequest:
     retention_seconds: int | None = None
     closed: bool = False
     fork: ForkRequest | None = None
+    # A limit per message lower than the store's own, for streams whose readers need one.
+    max_message_bytes: int | None = None
 
 
 @dataclass(frozen=True)
