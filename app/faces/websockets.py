@@ -40,8 +40,8 @@ from ..runtime import runtime, runtime_of
 from .errors import REFUSALS, answer_for, message_of
 from .requests import caller
 
-READ_PREFIX = "/realtime/v2/streams/"
-READ_ROUTE = READ_PREFIX + "<run_id>/<key>"
+STREAMS_PREFIX = "/realtime/v2/streams/"
+READ_ROUTE = STREAMS_PREFIX + "<run_id>/<key>"
 APPEND_ROUTE = "/realtime/v2/streams/<run_id>/<key>/append"
 MAX_READ_TIMEOUT = 600
 DEFAULT_READ_TIMEOUT = 60
@@ -66,16 +66,17 @@ def init_app(app: Flask) -> None:
         {"max_message_size": runtime_of(app).settings.max_append_bytes},
     )
     sock.init_app(app)
-    app.before_request(uncompressed_readers)
+    app.before_request(uncompressed)
 
 
-def uncompressed_readers() -> None:
-    """Readers' connections are not compressed: a frame is built once and sent as it is to
-    every reader, where per-connection compression would cost each reader a compression of
-    each frame (more than twice the server's work per delivered chunk, measured). The
+def uncompressed() -> None:
+    """Run streams' connections are not compressed. A reader's frame is built once and sent
+    as it is to every reader, where per-connection compression would compress each frame once
+    per reader (more than twice the server's work per delivered chunk, measured); and for a
+    writer, compressing its small acknowledgements cost as much as storing its chunks. The
     websocket library accepts whatever extension the client offers, so the offer is removed
     before the handshake."""
-    if request.path.startswith(READ_PREFIX) and not request.path.endswith("/append"):
+    if request.path.startswith(STREAMS_PREFIX):
         request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
