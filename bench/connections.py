@@ -31,8 +31,10 @@ What it does, for each kind of reader (websocket, then SSE), on a fresh server:
   and the dashboard's runs page (GET ``/runs``): p50 and p99 in ms.
 - Appends a few chunks to the run stream (HTTP POSTs) and counts the readers that receive all
   of them: the readers are live, not merely connected.
-- Closes every reader and watches the server's RSS and threads for up to 10 s: whether they
-  return to within 10 % of the baseline.
+- Closes every reader and watches the server for up to ``--return-seconds`` (10 s): whether its
+  RSS and threads return to within 10 % of the baseline, and when its sockets show every
+  reader's connection closed. A worker that the arbiter killed and replaced is noted: its
+  figures are then the new worker's.
 
 Figures only: nothing is asserted about time. The exit status is non-zero only if the benchmark
 itself breaks (the server does not start, a client process fails), or, with ``--smoke``, if a
