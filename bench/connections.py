@@ -72,6 +72,8 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum
+
 HOST = "127.0.0.1"
 KEY = "idle"  # the run stream the readers follow
 CATCH_UP_STREAM = "bench/catch-up"  # read from its start by the request loop
@@ -84,7 +86,6 @@ RETURN_SECONDS = 10.0  # how long to watch the server come back after the reader
 RETURN_MARGIN = 0.10
 SOCKETS_MARGIN = 2  # sockets over the baseline's that still count as every reader closed
 KINDS = ("ws", "sse")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVE = [sys.executable, "-m", "runstream.server", "serve", "--port", "{port}"]
 GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
 PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
@@ -96,55 +97,6 @@ class Broken(Exception):
 
 
 # -- /proc -------------------------------------------------------------------------------------
-
-
-def raise_fd_limit() -> None:
-    """Let this process (and what it starts) open as many sockets as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat from its third field (state) on: the name may hold spaces."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rfind(")") + 2 :].split()
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the gunicorn arbiter and its worker)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents.setdefault(int(stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(parents.get(current, []))
-    return tree
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus kernel CPU seconds of these processes (all their threads) so far."""
-    ticks = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            fields = stat_fields(pid)
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / CLOCK_TICKS
-
-
-def status_sum(pids: list[int], name: str) -> int:
-    """A number field of /proc/<pid>/status (``VmRSS`` in KiB, ``Threads``), summed."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith(f"{name}:"):
-                    total += int(line.split()[1])
-    return total
 
 
 def open_fds(pids: list[int]) -> tuple[int, int]:
@@ -178,10 +130,6 @@ class Snapshot:
             status_sum(pids, "Threads"),
             *open_fds(pids),
         )
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -997,9 +945,9 @@ def describe(counts: collections.Counter[str], most: int = 4) -> str:
 def idle_window(server: Server, seconds: float) -> tuple[float, Snapshot]:
     """The server's CPU (% of one core) over ``seconds`` of doing nothing asked; its state."""
     pids = process_tree(server.process.pid)
-    before, started = cpu_seconds(pids), time.monotonic()
+    before, started = sum(cpu_seconds(pids)), time.monotonic()
     time.sleep(seconds)
-    used = cpu_seconds(pids) - before
+    used = sum(cpu_seconds(pids)) - before
     return 100 * used / (time.monotonic() - started), Snapshot.of(server.process.pid)
 
 

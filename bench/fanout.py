@@ -60,6 +60,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum
+
 HOST = "127.0.0.1"
 REDIS_PORT = 6379
 KEY = "fanout"
@@ -67,7 +69,6 @@ RATE = 100  # chunks per second
 CHUNK_BYTES = 100
 TRANSPORTS = ("ws", "sse", "redis")
 CONNECTS_AT_ONCE = 50  # per client process: connection attempts in flight at once
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVE = [sys.executable, "-m", "runstream.server"]
 GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
 PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
@@ -175,17 +176,6 @@ def make_chunk(n: int) -> str:
     return chunk[:-2] + "x" * max(0, CHUNK_BYTES - len(chunk)) + '"}'
 
 
-def percentile(ordered: array[float], fraction: float) -> float:
-    return float(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))])
-
-
-def raise_fd_limit() -> None:
-    """Let this process (and what it starts) open as many sockets as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 # -- the server --------------------------------------------------------------------------------
 
 
@@ -267,51 +257,6 @@ def trigger_run(url: str) -> str:
         response = client.post("/api/v1/tasks/bench-fanout/trigger", json={"payload": {}})
         response.raise_for_status()
         return str(response.json()["id"])
-
-
-# -- measuring processes from /proc ------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the gunicorn arbiter and its worker)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int(stat_fields(int(entry.name))[1])
-                parents.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(parents.get(current, []))
-    return tree
-
-
-def stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat from its third field (state) on: the name may hold spaces."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rfind(")") + 2 :].split()
-
-
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """User and kernel CPU seconds of these processes (all their threads) so far."""
-    user = kernel = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = stat_fields(pid)
-            user, kernel = user + int(fields[11]), kernel + int(fields[12])  # utime, stime
-    return user / CLOCK_TICKS, kernel / CLOCK_TICKS
-
-
-def rss_mib(pids: list[int]) -> float:
-    total_kib = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kib += int(line.split()[1])
-    return total_kib / 1024
 
 
 # -- the writers -------------------------------------------------------------------------------
@@ -696,7 +641,7 @@ async def measure(
             cpu_before, started = cpu_seconds(measured), time.monotonic()
             go.set()
             await write_paced(writer, count)
-            rss = rss_mib(measured)
+            rss = status_sum(measured, "VmRSS") / 1024
             outcome.notes.extend(await writer.finish(count, settings.drain_seconds))
         except Exception as error:
             outcome.broken = True
@@ -714,7 +659,15 @@ async def measure(
         stop(processes)
         with contextlib.suppress(Exception):
             await writer.close()
-    figures(outcome, collected, processes, measured, cpu, elapsed, rss or rss_mib(measured))
+    figures(
+        outcome,
+        collected,
+        processes,
+        measured,
+        cpu,
+        elapsed,
+        rss or status_sum(measured, "VmRSS") / 1024,
+    )
     return outcome
 
 
