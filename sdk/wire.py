@@ -32,7 +32,9 @@ CLOSE_INTERNAL_ERROR = 1011
 # ``websockets`` package's ``max_size``). A run stream's chunk is at most this less the frame's
 # own overhead, so that every chunk fits a frame of its own.
 MAX_READER_FRAME_BYTES = 2**20
-MAX_RUN_CHUNK_BYTES = MAX_READER_FRAME_BYTES - 64
+# A reader frame's own bytes around its chunks: the type, the index and the brackets.
+READER_FRAME_OVERHEAD = 64
+MAX_RUN_CHUNK_BYTES = MAX_READER_FRAME_BYTES - READER_FRAME_OVERHEAD
 
 
 def is_refusal(code: int) -> bool:

@@ -30,6 +30,7 @@ from runstream.wire import (
     CLOSE_NOT_PERMITTED,
     CLOSE_TIMEOUT,
     MAX_READER_FRAME_BYTES,
+    READER_FRAME_OVERHEAD,
 )
 
 from ..core.errors import Invalid
@@ -197,7 +198,7 @@ def chunks_frames(index: int, messages: Sequence[bytes]) -> list[str]:
     frames: list[str] = []
     start = 0
     while start < len(messages):
-        size, end_ = 64, start  # the frame's own bytes, with room for the index
+        size, end_ = READER_FRAME_OVERHEAD, start
         while end_ < len(messages) and (
             end_ == start or size + len(messages[end_]) + 1 <= MAX_READER_FRAME_BYTES
         ):
