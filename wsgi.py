@@ -1,4 +1,5 @@
-"""The WSGI entry point of a checkout: ``gunicorn --worker-class gthread --threads 128 wsgi:app``.
+"""The WSGI entry point of a checkout: ``gunicorn --worker-class gevent wsgi:app`` (the README's
+"Serving" section gives the options that ``runstream serve`` sets).
 
 Installed, the same application is ``gunicorn 'runstream.server:create_app()'``, from any folder.
 One process only, unless the hub spans processes: with the embedded SQLite store and the

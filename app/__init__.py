@@ -88,11 +88,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         run_streams, hub, max_read_bytes=settings.max_read_bytes
     )
 
-    from . import dashboard, faces
+    from . import dashboard, faces, guards
 
     faces.init_app(app)
     dashboard.init_app(app)
     # Housekeeping (expiry, lost runs) starts with the first request the application serves,
     # whichever server runs it, and never in an application that only runs a command.
     app.before_request(runtime_of(app).start_maintenance)
+    if guards.available():
+        app.wsgi_app = guards.ConnectionGuards(  # type: ignore[method-assign]
+            app.wsgi_app, settings.body_timeout
+        )
     return app

@@ -55,21 +55,23 @@ def main() -> None:
     help="SQLAlchemy URL of the store. Default: an SQLite file in the instance folder.",
 )
 @click.option(
-    "--threads",
-    default=128,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Requests served at once; every live reader holds one.",
-)
-@click.option(
     "--demo",
     is_flag=True,
     help="Also run a worker in this process and a demo run that streams text live.",
 )
-def serve(host: str, port: int, database_url: str | None, threads: int, demo: bool) -> None:
+def serve(host: str, port: int, database_url: str | None, demo: bool) -> None:
     """Start the Runstream server."""
-    from .serving import CannotServe, address_text, listen, lock_instance_folder
+    from .serving import (
+        CannotServe,
+        address_text,
+        listen,
+        lock_instance_folder,
+        raise_open_file_limit,
+        run_patched,
+    )
     from .serving import serve as run_server
+
+    run_patched()
 
     config: dict[str, Any] = {}
     if database_url:
@@ -109,11 +111,17 @@ def serve(host: str, port: int, database_url: str | None, threads: int, demo: bo
         click.echo("  auth: disabled (loopback clients only)")
     elif runtime.secret_key_file:
         click.echo(f"  secret key: in {runtime.secret_key_file}")
+    settings = runtime.settings
+    click.echo(f"  live readers: up to {settings.max_live_readers}")
+    warning = raise_open_file_limit(settings.max_live_readers)
+    if warning:
+        click.echo(f"  {warning}")
     runtime.close()
     run_server(
         config,
         listener=listener,
-        threads=threads,
+        live_readers=settings.max_live_readers,
+        header_timeout=settings.header_timeout,
         demo_url=url if demo else None,
         instance_lock=lock,
     )

@@ -27,8 +27,15 @@ DEFAULTS: dict[str, Any] = {
     "LONG_POLL_TIMEOUT": 20.0,
     # SSE responses end after about this long so that clients reconnect (and CDNs can collapse).
     "SSE_MAX_DURATION": 60.0,
-    # How often an idle SSE response sends a comment line, which also notices gone clients.
-    "SSE_KEEPALIVE": 5.0,
+    # How often an idle live connection sends something (a comment line on SSE, a ping on a
+    # websocket), so that proxies keep it open. Gone clients are noticed at once regardless.
+    "KEEPALIVE": 25.0,
+    # The most live readers (long-polls waiting, SSE responses, websocket readers) one server
+    # process holds at once; past it a new one is refused at once, to be retried.
+    "MAX_LIVE_READERS": 10_000,
+    # How long a client may take to send a request's line and headers, and then its body.
+    "HEADER_TIMEOUT": 5.0,
+    "BODY_TIMEOUT": 15.0,
     # The most bytes of stream data one catch-up or long-poll response carries.
     "MAX_READ_BYTES": 1024 * 1024,
     # The largest request body accepted by an append or create.
@@ -68,7 +75,10 @@ class Settings:
     sqlite_synchronous: str
     long_poll_timeout: float
     sse_max_duration: float
-    sse_keepalive: float
+    keepalive: float
+    max_live_readers: int
+    header_timeout: float
+    body_timeout: float
     max_read_bytes: int
     max_append_bytes: int
     max_chunk_bytes: int
@@ -95,7 +105,10 @@ class Settings:
             sqlite_synchronous=synchronous,
             long_poll_timeout=_positive_number(config, "LONG_POLL_TIMEOUT"),
             sse_max_duration=_positive_number(config, "SSE_MAX_DURATION"),
-            sse_keepalive=_positive_number(config, "SSE_KEEPALIVE"),
+            keepalive=_positive_number(config, "KEEPALIVE"),
+            max_live_readers=int(_positive_number(config, "MAX_LIVE_READERS")),
+            header_timeout=_positive_number(config, "HEADER_TIMEOUT"),
+            body_timeout=_positive_number(config, "BODY_TIMEOUT"),
             max_read_bytes=int(_positive_number(config, "MAX_READ_BYTES")),
             max_append_bytes=int(_positive_number(config, "MAX_APPEND_BYTES")),
             max_chunk_bytes=int(_positive_number(config, "MAX_CHUNK_BYTES")),

@@ -1,29 +1,57 @@
-"""Serving Runstream with gunicorn's threaded worker, from inside the ``runstream`` command.
+"""Serving Runstream: gunicorn's gevent worker, from inside the ``runstream`` command.
 
-Live reads hold a thread for as long as the client listens (long-poll, SSE, and the websockets
-that come later), so the server is gunicorn's ``gthread`` worker with many threads. It runs a
-single worker process: the embedded store and the in-process hub belong to one process.
+A live reader (long-poll, SSE, websocket) waits, for as long as its client listens, for chunks
+that come later. Under gevent each connection is a greenlet of a few kilobytes, and a waiting
+reader is a greenlet parked on an event, costing no CPU and no thread: one process holds ten
+thousand of them next to its short requests (measured in bench/connections.py; the README's
+"Serving" section gives the figures and the sizing). Threads were measured as the alternative:
+gunicorn's gthread worker holds a thread per live reader, about 80 KB and a share of the GIL
+each, and at a few thousand readers the worker no longer answers its heartbeat.
+
+gevent must patch the standard library before anything else is imported, so that every lock,
+socket and wait in Flask, SQLAlchemy, psycopg and Runstream cooperates: :func:`run_patched`
+re-executes the ``serve`` command with the patches applied first. The server runs one worker
+process: the embedded store and the in-process hub belong to one process.
 
 The command binds the listening socket itself (:func:`listen`) and hands it to gunicorn, so that
 a busy port fails at once with one clear line, and ``--port 0`` knows its port before it says
 where it serves. On SQLite, the command also holds :func:`lock_instance_folder` for the server's
 whole life: a second server of the same instance folder refuses to start.
+
+Slow clients cost a socket, not a worker: a request's line and headers must arrive within
+``RUNSTREAM_HEADER_TIMEOUT`` seconds (gunicorn's keep-alive timeout, which its gevent worker
+applies to every request's head), and its body within ``RUNSTREAM_BODY_TIMEOUT``
+(:mod:`.guards`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
+import resource
 import socket
+import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
 from flask import Flask
+from gevent import monkey
 from gunicorn.app.base import BaseApplication
 
 LOCK_FILE = "server.lock"
 BACKLOG = 2048
+# Connections the server keeps for short requests beside its live readers: appends, claims, the
+# runs API, pages, and connections still sending their headers.
+SHORT_REQUEST_CONNECTIONS = 1000
+# Descriptors the process needs besides its connections: database files, logs, the listener.
+OTHER_FILES = 64
+# The first thing the re-executed ``serve`` does: patch, then import and run the command.
+_PATCHED_START = (
+    "from gevent import monkey; monkey.patch_all(); "
+    "from runstream.server.cli import main; main(prog_name='runstream')"
+)
 
 
 class CannotServe(Exception):
@@ -96,6 +124,34 @@ def lock_instance_folder(instance_path: str) -> IO[str]:
     return lock
 
 
+def run_patched() -> None:
+    """Make sure this process runs under gevent's patches: if it does not yet, re-execute the
+    same command line with the patches applied before anything is imported. Returns only in
+    the patched process; the process keeps its pid, descriptors and environment."""
+    if monkey.is_module_patched("socket"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-c", _PATCHED_START, *sys.argv[1:]])
+
+
+def raise_open_file_limit(live_readers: int) -> str | None:
+    """Raise the soft limit on open files to the hard one; a one-line warning if even that is
+    below what ``live_readers`` readers and the short requests beside them need."""
+    needed = live_readers + SHORT_REQUEST_CONNECTIONS + OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        return (
+            f"warning: the open-file limit is {wanted}, below the {needed} that "
+            f"{live_readers} live readers need: raise the hard limit (ulimit -Hn) or lower "
+            "RUNSTREAM_MAX_LIVE_READERS"
+        )
+    return None
+
+
 class RunstreamServer(BaseApplication):  # type: ignore[misc]
     def __init__(
         self,
@@ -139,27 +195,31 @@ def serve(
     config: Mapping[str, Any],
     *,
     listener: socket.socket,
-    threads: int,
+    live_readers: int,
+    header_timeout: float,
     demo_url: str | None = None,
     instance_lock: IO[str] | None = None,
 ) -> None:
-    """Serve on ``listener`` in the foreground until interrupted; with ``demo_url``, also run the
-    demo worker and trigger a demo run. ``instance_lock`` is held by this process only."""
+    """Serve on ``listener`` in the foreground until interrupted, holding up to
+    ``live_readers`` live readers beside the short requests; with ``demo_url``, also run the
+    demo worker and trigger a demo run. ``instance_lock`` is held by this process only.
+    Call it from a process that :func:`run_patched` has patched."""
     RunstreamServer(
         config,
         {
             # gunicorn takes over the socket: its descriptor is detached from ``listener``.
             "bind": f"fd://{listener.detach()}",
             "workers": 1,
-            "worker_class": "gthread",
-            "threads": threads,
-            # Every live reader holds a connection: gunicorn's own default (1,000) would queue
-            # the readers past it in the listen backlog, unanswered.
-            "worker_connections": max(1000, threads + 64),
-            # The main thread heartbeats, so long-lived live reads do not trip this.
+            "worker_class": "gevent",
+            # Past this many connections gunicorn stops accepting: room for every live reader
+            # the budget admits and for the short requests beside them.
+            "worker_connections": live_readers + SHORT_REQUEST_CONNECTIONS,
+            # The worker's main greenlet heartbeats, so long-lived live reads do not trip this.
             "timeout": 60,
             "graceful_timeout": 3,
-            "keepalive": 5,
+            # gevent's worker gives each request's line and headers this long to arrive (gunicorn
+            # takes whole seconds).
+            "keepalive": max(1, math.ceil(header_timeout)),
             "loglevel": "warning",
         },
         demo_url=demo_url,

@@ -7,9 +7,10 @@
         -b 127.0.0.1:{port} 'runstream.server:create_app()'"
 
 What it does, for each kind of reader (websocket, then SSE), on a fresh server:
-- Starts one server: ``runstream serve --threads R+64`` (a reader holds a request thread), or
-  the ``--server-cmd`` given, whose ``{port}`` and ``{threads}`` are filled in; either way on a
-  fresh SQLite instance folder (``RUNSTREAM_INSTANCE_PATH``) with ``RUNSTREAM_AUTH=disabled``.
+- Starts one server: ``runstream serve`` with room for R+64 live readers
+  (``RUNSTREAM_MAX_LIVE_READERS``), or the ``--server-cmd`` given, whose ``{port}`` is filled
+  in; either way on a fresh SQLite instance folder (``RUNSTREAM_INSTANCE_PATH``) with
+  ``RUNSTREAM_AUTH=disabled``.
   SSE responses would end every ``RUNSTREAM_SSE_MAX_DURATION`` seconds (60 by default) and make
   their readers reconnect; the server gets ``--sse-max-duration`` (900 s) so that the readers
   stay put while they are measured.
@@ -174,20 +175,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(template: str | None, port: int, threads: int) -> list[str]:
-    if template is None:
-        return [*(part.format(port=port) for part in SERVE), "--threads", str(threads)]
-    return [part.format(port=port, threads=threads) for part in shlex.split(template)]
+def server_command(template: str | None, port: int) -> list[str]:
+    parts = SERVE if template is None else shlex.split(template)
+    return [part.format(port=port) for part in parts]
 
 
 @contextlib.contextmanager
 def server_running(
-    template: str | None, threads: int, logs: Path, name: str, sse_max_duration: float
+    template: str | None, live_readers: int, logs: Path, name: str, sse_max_duration: float
 ) -> Iterator[Server]:
     """The server on a fresh SQLite instance folder, auth disabled, stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="connections-instance-") as instance:
         port = free_port()
-        command = server_command(template, port, threads)
+        command = server_command(template, port)
         log = logs / f"server-{name}-{port}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
@@ -197,6 +197,7 @@ def server_running(
                     "RUNSTREAM_INSTANCE_PATH": instance,
                     "RUNSTREAM_AUTH": "disabled",
                     "RUNSTREAM_SSE_MAX_DURATION": f"{sse_max_duration:g}",
+                    "RUNSTREAM_MAX_LIVE_READERS": str(live_readers),
                 },
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -797,7 +798,7 @@ class Options:
     readers: int
     steps: list[int]
     server_cmd: str | None
-    threads: int
+    live_readers: int
     client_processes: int
     connect_timeout: float
     open_seconds: float
@@ -813,7 +814,7 @@ def run_kind(kind: str, options: Options) -> KindResult:
     result = KindResult(kind)
     try:
         with server_running(
-            options.server_cmd, options.threads, options.logs, kind, options.sse_max_duration
+            options.server_cmd, options.live_readers, options.logs, kind, options.sse_max_duration
         ) as server:
             try:
                 measure_kind(kind, server, options, result)
@@ -1101,10 +1102,9 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--server-cmd",
-        help="serve with this command instead of `runstream serve`; {port} and {threads} are "
-        "filled in, and it gets RUNSTREAM_INSTANCE_PATH and RUNSTREAM_AUTH=disabled",
+        help="serve with this command instead of `runstream serve`; {port} is filled in, and it "
+        "gets RUNSTREAM_INSTANCE_PATH, RUNSTREAM_AUTH=disabled, RUNSTREAM_MAX_LIVE_READERS",
     )
-    parser.add_argument("--threads", type=int, help="--threads of runstream serve (default R+64)")
     parser.add_argument("--client-processes", type=int, default=0, help="default: R/2500, >= 2")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="per reader, s")
     parser.add_argument("--open-seconds", type=float, default=120.0, help="per step, at most")
@@ -1140,7 +1140,7 @@ def main() -> int:
         readers=args.readers,
         steps=args.step_list,
         server_cmd=args.server_cmd,
-        threads=args.threads or args.readers + 64,
+        live_readers=args.readers + 64,
         client_processes=args.client_processes,
         connect_timeout=args.connect_timeout,
         open_seconds=args.open_seconds,

@@ -22,7 +22,7 @@ What it measures, per scenario (a transport and a number of readers R):
   connection each), CPU and RSS of redis-server. Skipped, saying so, if Redis is unreachable.
 
 Each Runstream scenario gets a fresh ``runstream serve`` (a new SQLite file, auth disabled,
-``--threads 2R+64``). The server's output goes to a log: its
+room for 2R+64 live readers). The server's output goes to a log: its
 errors and warnings are summed up after each scenario, and its tail is printed if a scenario
 goes wrong. The writer's own figure (chunk sent -> ack) is printed as a note: when the server
 falls behind, the appends queue up first.
@@ -204,7 +204,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def runstream_server(threads: int, logs: Path) -> Iterator[Server]:
+def runstream_server(live_readers: int, logs: Path) -> Iterator[Server]:
     """``runstream serve`` on a fresh SQLite file, auth disabled, killed on the way out."""
     import httpx
 
@@ -215,11 +215,12 @@ def runstream_server(threads: int, logs: Path) -> Iterator[Server]:
         log = logs / f"server-{port}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [*SERVE, "serve", "--port", str(port), "--threads", str(threads)],
+                [*SERVE, "serve", "--port", str(port)],
                 env={
                     **os.environ,
                     "RUNSTREAM_INSTANCE_PATH": instance,
                     "RUNSTREAM_AUTH": "disabled",
+                    "RUNSTREAM_MAX_LIVE_READERS": str(live_readers),
                 },
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -583,8 +584,8 @@ def run_scenario(transport: str, readers: int, settings: Settings) -> Outcome:
     """A fresh server (or Redis stream key), the readers, the writer, and the figures."""
     if transport == "redis":
         return asyncio.run(measure(transport, readers, settings, None))
-    threads = 2 * readers + 64  # a websocket or SSE reader holds a thread; room for the rest
-    with runstream_server(threads, settings.logs) as server:
+    # Room for every websocket and SSE reader of the scenario, and a margin.
+    with runstream_server(2 * readers + 64, settings.logs) as server:
         outcome = asyncio.run(measure(transport, readers, settings, server))
         if server.process.poll() is not None:
             outcome.notes.append(f"the server exited with {server.process.returncode}")

@@ -27,6 +27,9 @@ CLOSE_GONE = 4410
 CLOSE_TOO_LARGE = 4413
 # Never sent on purpose: something failed inside the server.
 CLOSE_INTERNAL_ERROR = 1011
+# The server holds as many live readers as it may (RFC 6455's "try again later"): reconnect
+# after a short wait.
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # The largest frame a reader is sent: what a websocket client accepts by default (the
 # ``websockets`` package's ``max_size``). A run stream's chunk is at most this less the frame's

@@ -26,14 +26,14 @@ from werkzeug.serving import make_server
 from runstream import wire
 from runstream.server import create_app, runtime_of
 
-KEEPALIVE = 0.3  # RUNSTREAM_SSE_KEEPALIVE of the quick_server fixture
+KEEPALIVE = 0.3  # RUNSTREAM_KEEPALIVE of the quick_server fixture
 
 
 @pytest.fixture(scope="module")
 def quick_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server whose SSE responses send a keep-alive every 0.3 s."""
     server = start_server(
-        tmp_path_factory.mktemp("quick"), env={"RUNSTREAM_SSE_KEEPALIVE": str(KEEPALIVE)}
+        tmp_path_factory.mktemp("quick"), env={"RUNSTREAM_KEEPALIVE": str(KEEPALIVE)}
     )
     yield server
     server.stop()

@@ -69,3 +69,7 @@ class SequenceGap(Conflict):
 
 class TooLarge(RunstreamError):
     """A body, chunk or stream over its limit."""
+
+
+class TimedOut(RunstreamError):
+    """The client took too long to send its request."""

@@ -186,6 +186,7 @@ class Follower(_Follow):
     def __init__(self, hub: Hub, path: str, position: int | None, read: Reader) -> None:
         super().__init__(hub, path, position, read)
         self._event = threading.Event()
+        self._woken = False
 
     def _wake(self) -> None:
         self._event.set()
@@ -193,6 +194,7 @@ class Follower(_Follow):
     def wake(self) -> None:
         """Make the current or next :meth:`next` return at once (None if there is no news):
         how a face hears of something else, such as a client that went away."""
+        self._woken = True
         self._event.set()
 
     def __enter__(self) -> Follower:
@@ -222,6 +224,9 @@ class Follower(_Follow):
         deadline = time.monotonic() + timeout
         while not self._ended:
             self._event.clear()
+            if self._woken:
+                self._woken = False
+                return None
             plan = self._plan()
             if plan is _READ:
                 plan = self._read_now(self.position)
@@ -231,16 +236,10 @@ class Follower(_Follow):
                     return news
                 continue
             if self._event.wait(self._wait_time(deadline)):
-                if not self._has_news():
-                    return None  # woken by the face, not the hub
-                continue
+                continue  # news from the hub, or woken by the face: the loop's top says which
             if self._timed_out(deadline):
                 return None
         return None
-
-    def _has_news(self) -> bool:
-        with self._lock:
-            return self._must_read or bool(self._commits)
 
 
 class _AsyncListening:

@@ -20,7 +20,7 @@ from ..core.json_messages import parse_strict
 from ..runs.auth import parse_duration
 from ..runs.runs import RunRecord
 from ..runtime import runtime
-from .errors import REFUSALS, answer_for, message_of
+from .errors import REFUSALS, answer_for, http_headers, message_of
 from .requests import caller, read_body
 
 PREFIX = "/api/"
@@ -35,7 +35,9 @@ def init_app(app: Flask) -> None:
 
 
 def refused(error: Exception) -> tuple[Response, int]:
-    return jsonify(error=message_of(error)), answer_for(error).status
+    response = jsonify(error=message_of(error))
+    response.headers.update(http_headers(error))
+    return response, answer_for(error).status
 
 
 for refusal in REFUSALS:

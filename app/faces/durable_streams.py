@@ -35,8 +35,8 @@ from ..core.store import (
 )
 from ..runs.run_streams import parse_stream_path
 from ..runtime import runtime
-from . import cursors
-from .errors import REFUSALS, answer_for, message_of, protocol_headers
+from . import cursors, live
+from .errors import REFUSALS, answer_for, http_headers, message_of, protocol_headers
 from .requests import caller, read_body
 
 blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
@@ -71,6 +71,7 @@ EXPOSED_HEADERS = ", ".join(
 def refused(error: Exception) -> Response:
     response = error_response(answer_for(error).status, message_of(error))
     response.headers.update(protocol_headers(error))
+    response.headers.update(http_headers(error))
     return response
 
 
@@ -332,11 +333,21 @@ def payload(info: StreamInfo, messages: Sequence[bytes]) -> bytes:
 
 def long_poll(reading: StreamReading, position: int | None, timeout: float) -> Batch:
     """Read at ``position``, waiting up to ``timeout`` seconds for data if there is none yet."""
+    deadline = time.monotonic() + timeout
     with reading.follower(position) as follower:
         batch = follower.first()
         if batch.messages or batch.closed:
             return batch
-        return follower.next(timeout) or batch
+        reader = live.admit(follower.wake)
+        try:
+            while True:
+                news = follower.next(deadline - time.monotonic())
+                if news is not None:
+                    return news
+                if reader.client_gone or time.monotonic() >= deadline:
+                    return batch
+        finally:
+            reader.close()
 
 
 def sse_position(position: int | None) -> int | None:
@@ -353,11 +364,18 @@ def sse(reading: StreamReading, position: int | None) -> Response:
     follower = reading.follower(position)
     follower.__enter__()  # listen before the first read: no commit slips in between
     try:
-        # Fail before the 200 is sent if the stream does not exist or the offset is past its tail.
+        # Fail before the 200 is sent if the stream does not exist or the offset is past its
+        # tail, or if the server has no room for another live reader.
         first = follower.first()
+        reader = live.admit(follower.wake)
     except BaseException:
         follower.__exit__(None, None, None)
         raise
+
+    def finish() -> None:
+        reader.close()
+        follower.__exit__(None, None, None)
+
     info = reading.info
     encode_base64 = not is_text(info.content_type)
     client_cursor = request.args.get("cursor")
@@ -383,20 +401,23 @@ def sse(reading: StreamReading, position: int | None) -> Response:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                batch = follower.next(min(remaining, settings.sse_keepalive))
+                keepalive_at = time.monotonic() + settings.keepalive
+                batch = follower.next(min(remaining, settings.keepalive))
                 if batch is None:
-                    if time.monotonic() < deadline:
+                    if reader.client_gone:
+                        return
+                    if keepalive_at <= time.monotonic() < deadline:
                         yield ": keep-alive\n\n"
                     continue
                 yield event(batch)
         except REFUSALS:
             return  # deleted or expired while it was followed
         finally:
-            follower.__exit__(None, None, None)
+            finish()
 
     response = Response(events(), status=200, content_type="text/event-stream")
     # A response closed before its first event never runs the generator's cleanup.
-    response.call_on_close(lambda: follower.__exit__(None, None, None))
+    response.call_on_close(finish)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     if encode_base64:

@@ -24,9 +24,11 @@ from ..core.errors import (
     RunstreamError,
     SequenceGap,
     StreamClosed,
+    TimedOut,
     TooLarge,
     Unauthenticated,
 )
+from .live import RETRY_AFTER_SECONDS, ServerBusy
 
 # What the faces catch: the core's refusals, and identifiers the shared checks refused.
 REFUSALS = (RunstreamError, InvalidIdentifier)
@@ -45,9 +47,11 @@ ANSWERS: dict[type[Exception], Answer] = {
     NotPermitted: Answer(403, wire.CLOSE_NOT_PERMITTED),
     ProducerFenced: Answer(403, wire.CLOSE_NOT_PERMITTED),
     NotFound: Answer(404, wire.CLOSE_NOT_FOUND),
+    TimedOut: Answer(408, wire.CLOSE_TIMEOUT),
     Conflict: Answer(409, wire.CLOSE_CONFLICT),
     Gone: Answer(410, wire.CLOSE_GONE),
     TooLarge: Answer(413, wire.CLOSE_TOO_LARGE),
+    ServerBusy: Answer(503, wire.CLOSE_TRY_AGAIN_LATER),
 }
 
 
@@ -75,4 +79,11 @@ def protocol_headers(error: Exception) -> dict[str, str]:
             "Producer-Expected-Seq": str(error.expected),
             "Producer-Received-Seq": str(error.received),
         }
+    return {}
+
+
+def http_headers(error: Exception) -> dict[str, str]:
+    """What every HTTP face adds to a refusal: when to try again, for a busy server."""
+    if isinstance(error, ServerBusy):
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return {}

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
+from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError
 
 from runstream.identifiers import check_run_id, check_stream_key
@@ -38,6 +39,7 @@ from ..core.follower import Batch, Follower
 from ..core.json_messages import parse_strict
 from ..runs.run_streams import RunStreamReading
 from ..runtime import runtime, runtime_of
+from . import live
 from .errors import REFUSALS, answer_for, message_of
 from .requests import caller
 
@@ -46,9 +48,6 @@ READ_ROUTE = STREAMS_PREFIX + "<run_id>/<key>"
 APPEND_ROUTE = "/realtime/v2/streams/<run_id>/<key>/append"
 MAX_READ_TIMEOUT = 600
 DEFAULT_READ_TIMEOUT = 60
-# How often a waiting reader wakes without news, to see that its client is still there (its
-# websocket's thread wakes it at once on a frame or a closed connection).
-KEEPALIVE_SECONDS = 15.0
 # How long a writer may take to say hello after connecting.
 HELLO_TIMEOUT = 30.0
 
@@ -146,25 +145,41 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
     reading = RunStreamReading(
         app_runtime.run_streams, run_id, key, app_runtime.settings.max_read_bytes
     )
+    keepalive = app_runtime.settings.keepalive
     deadline = time.monotonic() + timeout
     with Follower(app_runtime.hub, reading.path, position, reading.read) as follower:
         # The websocket's own thread wakes the follower when the client sends a frame or goes
         # away, so that neither waits for a timer.
         ws.event = _Waker(follower.wake)
         batch: Batch | None = follower.first()
-        while True:
-            check_reader(ws)
-            if batch is not None and batch.messages:
-                for frame in frames_of(batch):
-                    ws.send(frame)
-                deadline = time.monotonic() + timeout
-            if batch is not None and batch.reached_end:
-                end(ws, batch.next_position)
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Closing(CLOSE_TIMEOUT, f"no data for {timeout} seconds")
-            batch = follower.next(min(remaining, KEEPALIVE_SECONDS))
+        reader: live.LiveReader | None = None  # a place in the budget once it has to wait
+        try:
+            while True:
+                check_reader(ws)
+                if batch is not None and batch.messages:
+                    for frame in frames_of(batch):
+                        ws.send(frame)
+                    deadline = time.monotonic() + timeout
+                if batch is not None and batch.reached_end:
+                    end(ws, batch.next_position)
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Closing(CLOSE_TIMEOUT, f"no data for {timeout} seconds")
+                reader = reader or live.admit(None)
+                keepalive_at = time.monotonic() + keepalive
+                batch = follower.next(min(remaining, keepalive))
+                if batch is None and time.monotonic() >= keepalive_at:
+                    ping(ws)
+        finally:
+            if reader is not None:
+                reader.close()
+
+
+def ping(ws: Any) -> None:
+    """A ping frame, so that proxies see traffic on an idle connection (the client's websocket
+    library answers it by itself)."""
+    ws.sock.send(ws.ws.send(Ping()))
 
 
 class _Waker:
