@@ -38,7 +38,9 @@ from typing import IO, Any
 
 from flask import Flask
 from gevent import monkey
+from gevent import socket as gevent_socket
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.ggevent import GeventWorker
 
 LOCK_FILE = "server.lock"
 BACKLOG = 2048
@@ -47,9 +49,11 @@ BACKLOG = 2048
 SHORT_REQUEST_CONNECTIONS = 1000
 # Descriptors the process needs besides its connections: database files, logs, the listener.
 OTHER_FILES = 64
-# The first thing the re-executed ``serve`` does: patch, then import and run the command.
+# The first thing the re-executed ``serve`` does: patch as :func:`patch` does, before importing
+# anything of Runstream (importing this module would import Flask, httpx and ssl), then run the
+# command.
 _PATCHED_START = (
-    "from gevent import monkey; monkey.patch_all(); "
+    "from gevent import monkey; monkey.patch_all(aggressive=False); "
     "from runstream.server.cli import main; main(prog_name='runstream')"
 )
 
@@ -122,6 +126,28 @@ def lock_instance_folder(instance_path: str) -> IO[str]:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def patch() -> None:
+    """Apply gevent's patches, leaving in ``select`` what gevent cannot make cooperative
+    (``epoll``) instead of removing it: Runstream never waits on it, but trio, which httpx's
+    transport imports when it is installed, needs it to exist at import."""
+    monkey.patch_all(aggressive=False)
+
+
+class Worker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, patching as :func:`patch` does (gunicorn's own worker patches
+    aggressively, which breaks that import). ``gunicorn -k runstream.server.serving.Worker``."""
+
+    sockets: list[Any]
+
+    def patch(self) -> None:
+        patch()
+        # As gunicorn's worker does: its listening sockets become gevent's.
+        self.sockets = [
+            gevent_socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach())
+            for s in self.sockets
+        ]
 
 
 def run_patched() -> None:
@@ -210,7 +236,7 @@ def serve(
             # gunicorn takes over the socket: its descriptor is detached from ``listener``.
             "bind": f"fd://{listener.detach()}",
             "workers": 1,
-            "worker_class": "gevent",
+            "worker_class": "runstream.server.serving.Worker",
             # Past this many connections gunicorn stops accepting: room for every live reader
             # the budget admits and for the short requests beside them.
             "worker_connections": live_readers + SHORT_REQUEST_CONNECTIONS,

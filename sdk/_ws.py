@@ -36,6 +36,10 @@ LINGER_SECONDS = 0.02
 # How long past its timeout a reader waits for the server to say the read is over.
 TIMEOUT_GRACE = 2.0
 MAX_FRAME_BYTES = 512 * 1024
+# How long a writer waits for the server's reply (its ready, an ack of chunks it sent, its
+# ended) before it takes the connection for broken and reconnects: a connection can stay open,
+# pings answered, while the server side of it no longer answers.
+REPLY_TIMEOUT = 30.0
 
 
 def _refusal(error: BaseException) -> ApiError | None:
@@ -114,6 +118,8 @@ class ChunkWriter:
         self._next_seq = 0
         self._closing = False
         self._changed = asyncio.Event()
+        # When the oldest sent chunk began waiting for its ack on this connection (None: none).
+        self._awaiting_ack_since: float | None = None
         # Delivery starts with the first chunk: a writer that writes nothing touches nothing.
         self._task: asyncio.Task[None] | None = None
 
@@ -161,8 +167,12 @@ class ChunkWriter:
 
     async def _session(self, connection: ClientConnection) -> None:
         await connection.send(json.dumps({"type": "hello", "writer_id": self.writer_id}))
-        ready = json.loads(await connection.recv())
+        ready = json.loads(await asyncio.wait_for(connection.recv(), REPLY_TIMEOUT))
+        self._awaiting_ack_since = None
+        outstanding = len(self._unacknowledged)
         self._acknowledge(int(ready["last_seq"]))
+        if len(self._unacknowledged) < outstanding:
+            self._backoff.succeeded()  # chunks whose ack was lost were stored: progress
         receiving = asyncio.create_task(self._receive_acknowledgements(connection))
         try:
             sent_through = ready["last_seq"]
@@ -170,18 +180,27 @@ class ChunkWriter:
                 unsent = [item for item in self._unacknowledged if item[0] > sent_through]
                 if unsent:
                     sent_through = await self._send_frames(connection, unsent)
+                    self._awaiting_ack_since = self._awaiting_ack_since or time.monotonic()
                     continue
                 if self._closing and not self._unacknowledged:
                     await connection.send(json.dumps({"type": "end"}))
-                    await receiving  # until the server's "ended" and close
+                    # Until the server's "ended" and close.
+                    await asyncio.wait_for(asyncio.shield(receiving), REPLY_TIMEOUT)
                     return
                 self._changed.clear()
                 waiting = asyncio.create_task(self._changed.wait())
-                await asyncio.wait({waiting, receiving}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiting, receiving},
+                    timeout=self._ack_due_in(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken = waiting.done()
                 waiting.cancel()
                 if receiving.done():
                     receiving.result()  # a lost connection raises here
                     raise ConnectionClosed(None, None)
+                if not woken:
+                    raise TimeoutError(f"no acknowledgement for {REPLY_TIMEOUT:g} seconds")
                 if not self._closing:
                     await asyncio.sleep(LINGER_SECONDS)  # let a burst of chunks share a frame
         finally:
@@ -219,6 +238,14 @@ class ChunkWriter:
     def _acknowledge(self, seq: int) -> None:
         while self._unacknowledged and self._unacknowledged[0][0] <= seq:
             self._unacknowledged.pop(0)
+        # Progress: the wait for the next ack, if chunks are still out, starts now.
+        self._awaiting_ack_since = time.monotonic() if self._unacknowledged else None
+
+    def _ack_due_in(self) -> float | None:
+        """Seconds until sent chunks have waited REPLY_TIMEOUT for an ack; None if none wait."""
+        if self._awaiting_ack_since is None or not self._unacknowledged:
+            return None
+        return max(self._awaiting_ack_since + REPLY_TIMEOUT - time.monotonic(), 0.0)
 
 
 async def read_batches(

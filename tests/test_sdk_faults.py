@@ -22,6 +22,7 @@ import httpx
 import pytest
 from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, within
 
+import runstream._ws
 import runstream.streams
 import runstream.sync
 from runstream import RunstreamError, StreamWriteError, TaskContext, configure, runs, streams, task
@@ -56,7 +57,10 @@ class Proxy:
     ``cut()`` drops every open connection at once, as a network failure would. With
     ``drop_acks``, a connection is cut the moment the server sends a writer's acknowledgement,
     which the client then never sees: the chunks are stored, but the writer does not know it.
-    ``refuse()`` stops accepting connections: the server is unreachable.
+    ``refuse()`` stops accepting connections: the server is unreachable. With
+    ``silence_after_ack`` set to N, each of the next N connections goes silent towards the
+    client at the server's first acknowledgement, while staying open: the server seems to have
+    stopped answering.
     """
 
     def __init__(self, upstream_url: str) -> None:
@@ -67,6 +71,8 @@ class Proxy:
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.drop_acks = False
+        self.silence_after_ack = 0
+        self.connections_silenced = 0
         self.connections = 0
         self.connections_cut = 0
         self.acks_dropped = 0
@@ -115,12 +121,20 @@ class Proxy:
         try:
             if not to_client and self.drop_acks:
                 self._forward_request_without_compression(source, destination)
+            silent = False
             while data := source.recv(65536):
                 if to_client and self.drop_acks and b'"ack"' in data:
                     with self._lock:
                         self.acks_dropped += 1
                     break
-                destination.sendall(data)
+                if to_client and not silent and b'"ack"' in data:
+                    with self._lock:
+                        silent = self.silence_after_ack > 0
+                        if silent:
+                            self.silence_after_ack -= 1
+                            self.connections_silenced += 1
+                if not silent:
+                    destination.sendall(data)
         except OSError:
             pass
         self._drop(number)
@@ -360,6 +374,34 @@ def test_a_writer_that_never_hears_its_acknowledgements_stores_each_chunk_once(
 
     assert proxy.acks_dropped >= 3
     assert stored(server, run_id, "acks") == [*chunks, "appended", "written", "m1", "m2"]
+
+
+def test_a_writer_whose_server_stops_answering_reconnects_and_stores_each_chunk_once(
+    server: ServerProcess, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three connections in turn go silent after the server's first acknowledgement, staying
+    open (pings unanswered, nothing closed): the writer does not wait forever; after the reply
+    timeout it reconnects, learns what was stored, and stores every chunk exactly once."""
+    monkeypatch.setattr(runstream._ws, "REPLY_TIMEOUT", 1.0)
+    run_id = queued_run(server)
+    chunks = [f"s{i}" for i in range(200)]
+    proxy.silence_after_ack = 3
+    configure(api_url=proxy.url, secret_key=SECRET_KEY)
+
+    async def source() -> AsyncIterator[str]:  # over about 4 s: longer than three timeouts
+        for i, chunk in enumerate(chunks):
+            if i % 5 == 0:
+                await asyncio.sleep(0.1)
+            yield chunk
+
+    async def scenario() -> None:
+        await streams.pipe("silent", source(), target=run_id).wait_until_complete()
+
+    arun(scenario())
+    end_run(server, run_id)
+
+    assert proxy.connections_silenced == 3
+    assert stored(server, run_id, "silent") == chunks
 
 
 # -- readers -----------------------------------------------------------------------------------

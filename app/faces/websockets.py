@@ -63,7 +63,10 @@ def init_app(app: Flask) -> None:
     # Frames of a writer may carry many chunks: allow as much as one HTTP append may.
     app.config.setdefault(
         "SOCK_SERVER_OPTIONS",
-        {"max_message_size": runtime_of(app).settings.max_append_bytes},
+        {
+            "max_message_size": runtime_of(app).settings.max_append_bytes,
+            "event_class": TakingTurns,
+        },
     )
     sock.init_app(app)
     app.before_request(uncompressed)
@@ -182,12 +185,28 @@ def ping(ws: Any) -> None:
     ws.sock.send(ws.ws.send(Ping()))
 
 
+class TakingTurns(threading.Event):
+    """simple-websocket's event of a connection, which the connection's reader sets on every
+    message it receives; setting it also gives every other greenlet a turn. Under gevent a
+    reader whose socket always has data to read would otherwise never yield: one client sending
+    fast would hold the whole process, its own handler included, for as long as it sent."""
+
+    def set(self) -> None:
+        super().set()
+        time.sleep(0)
+
+
 class _Waker:
-    """Stands in for the websocket's event, which its reader thread sets on every frame and at
-    the end of the connection (simple-websocket's ``Base.event``)."""
+    """Stands in for a reader connection's event (simple-websocket's ``Base.event``): its
+    reader wakes the follower on every frame and at the end of the connection, then lets the
+    handler run (see :class:`TakingTurns`), which closes a reader that sends frames."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
-        self.set = wake
+        self._wake = wake
+
+    def set(self) -> None:
+        self._wake()
+        time.sleep(0)
 
 
 def check_reader(ws: Any) -> None:
