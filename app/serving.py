@@ -136,8 +136,9 @@ def patch() -> None:
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
-    """gunicorn's gevent worker, patching as :func:`patch` does (gunicorn's own worker patches
-    aggressively, which breaks that import). ``gunicorn -k runstream.server.serving.Worker``."""
+    """gunicorn's gevent worker, patching as :func:`patch` does: gunicorn's own patches
+    aggressively, which would break that import in the demo's worker, the one user of httpx in
+    the server process."""
 
     sockets: list[Any]
 
@@ -158,7 +159,10 @@ def run_patched() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-c", _PATCHED_START, *sys.argv[1:]])
+    # Python's objects from the system allocator, so that the memory of readers that have left
+    # can go back to the system (runstream.server.memory), unless the environment says else.
+    environment = {"PYTHONMALLOC": "malloc", **os.environ}
+    os.execve(sys.executable, [sys.executable, "-c", _PATCHED_START, *sys.argv[1:]], environment)
 
 
 def raise_open_file_limit(live_readers: int) -> str | None:

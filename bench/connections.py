@@ -1152,9 +1152,8 @@ def main() -> int:
         logs=logs,
     )
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    shown = " ".join(server_command(options.server_cmd, 0, options.threads)).replace(
-        "--port 0", "--port PORT"
-    )
+    shown = " ".join(server_command(options.server_cmd, 0)).replace("--port 0", "--port PORT")
+    shown += f" (RUNSTREAM_MAX_LIVE_READERS={options.live_readers})"
     print(
         f"idle readers: {', '.join(kinds)} at R = {', '.join(map(str, options.steps))}; "
         f"server: {shown}; {os.cpu_count()} CPUs, open files limit {soft}, "

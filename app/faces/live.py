@@ -24,6 +24,7 @@ from typing import Protocol
 from flask import Flask, current_app, request
 
 from ..core.errors import RunstreamError
+from ..memory import return_freed_memory
 from ..runtime import runtime_of
 
 EXTENSION = "runstream.live"
@@ -31,6 +32,10 @@ EXTENSION = "runstream.live"
 CLIENT_WATCH = "runstream.watch_client"
 # What a refused reader is told to wait before it tries again, in seconds.
 RETRY_AFTER_SECONDS = 2
+# How many readers leaving (and at least half of those there were) make a crowd whose memory
+# is worth handing back to the system, and how long after them the server does it.
+CROWD = 100
+TRIM_DELAY_SECONDS = 1.0
 
 
 class ServerBusy(RunstreamError):
@@ -56,6 +61,9 @@ class LiveBudget:
     def __init__(self, size: int) -> None:
         self.size = size
         self._held = 0
+        # The most held since memory was last given back (see :meth:`give_back`).
+        self._peak = 0
+        self._trim_pending = False
         self._lock = threading.Lock()
 
     @property
@@ -71,10 +79,26 @@ class LiveBudget:
                     f"{RETRY_AFTER_SECONDS} seconds, or read without waiting (no live=)"
                 )
             self._held += 1
+            self._peak = max(self._peak, self._held)
 
     def give_back(self) -> None:
+        """Give a place back. Once a crowd of readers has left (at least :data:`CROWD`, and
+        half of the most there were), their memory is handed back to the system a moment
+        later, when their connections have ended too."""
         with self._lock:
             self._held -= 1
+            crowd_left = self._peak - self._held >= CROWD and self._held <= self._peak // 2
+            if crowd_left:
+                self._peak = self._held
+            schedule = crowd_left and not self._trim_pending
+            self._trim_pending = self._trim_pending or schedule
+        if schedule:
+            threading.Timer(TRIM_DELAY_SECONDS, self._return_memory).start()
+
+    def _return_memory(self) -> None:
+        with self._lock:
+            self._trim_pending = False
+        return_freed_memory()
 
 
 class LiveReader:
