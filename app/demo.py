@@ -7,17 +7,17 @@ It uses the SDK exactly as an application would, over the server's own HTTP and 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import re
-import threading
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from runstream import TaskContext, Worker, configure, streams, task
+from runstream.event_loop import process_loop
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -96,19 +96,26 @@ async def demo_llm(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return {"tokens": len(pieces), "characters": len(TEXT)}
 
 
-def start(api_url: str, secret_key: str) -> threading.Thread:
-    """Run the demo worker in a daemon thread and trigger one demo run once the server answers."""
+def start(api_url: str, secret_key: str) -> concurrent.futures.Future[None]:
+    """Run the demo worker on the process's event loop, and trigger one demo run once the
+    server answers. The loop is the one the server's views run on: under gevent a process runs
+    only one asyncio loop, so the demo may not start a loop of its own."""
+    configure(api_url=api_url, secret_key=secret_key)
+    demo = asyncio.run_coroutine_threadsafe(_serve_demo(api_url), process_loop())
+    demo.add_done_callback(_report_failure)
+    return demo
 
-    def run() -> None:
-        configure(api_url=api_url, secret_key=secret_key)
-        _wait_for_server(api_url)
-        handle = asyncio.run(_trigger())
-        print(f"  demo: watch {api_url}/runs/{handle} stream live", flush=True)
-        asyncio.run(Worker({TASK_ID: demo_llm}, concurrency=2).run(asyncio.Event()))
 
-    thread = threading.Thread(target=run, name="runstream-demo-worker", daemon=True)
-    thread.start()
-    return thread
+async def _serve_demo(api_url: str) -> None:
+    await _wait_for_server(api_url)
+    run_id = await _trigger()
+    print(f"  demo: watch {api_url}/runs/{run_id} stream live", flush=True)
+    await Worker({TASK_ID: demo_llm}, concurrency=2).run(asyncio.Event())
+
+
+def _report_failure(demo: concurrent.futures.Future[None]) -> None:
+    if not demo.cancelled() and demo.exception() is not None:
+        log.error("the demo worker stopped", exc_info=demo.exception())
 
 
 def trigger_again(app_runtime: Runtime) -> str:
@@ -122,10 +129,11 @@ async def _trigger() -> str:
     return (await demo_llm.trigger(payload())).id
 
 
-def _wait_for_server(api_url: str) -> None:
-    for _ in range(200):
-        try:
-            httpx.get(api_url + "/runs", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
+async def _wait_for_server(api_url: str) -> None:
+    async with httpx.AsyncClient(timeout=1) as client:
+        for _ in range(200):
+            try:
+                await client.get(api_url + "/runs")
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)

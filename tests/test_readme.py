@@ -236,15 +236,6 @@ def test_a_script_prints_what_the_readme_says(folder: Folder, script: str) -> No
 # -- the embedding example: the user's own app.py -----------------------------------------------
 
 
-def needs_reactpy_flask_backend() -> None:
-    for module in ("flask_cors", "flask_sock"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(
-                f"{module} is not installed: ReactPy's Flask backend imports it "
-                "(pip install flask-cors flask-sock)"
-            )
-
-
 APP_CHECK = """
 import json
 import flask
@@ -269,7 +260,6 @@ def test_the_users_own_app_py_imports_as_app_and_its_page_route_triggers_a_run(
 ) -> None:
     """``import app`` in the user's folder is the user's app.py, not part of Runstream: its
     Flask app exists, ``/`` triggers a run on the live server and redirects to the page."""
-    needs_reactpy_flask_backend()
     ran = subprocess.run(
         [sys.executable, "-c", APP_CHECK],
         cwd=folder.path,
@@ -306,7 +296,6 @@ def test_the_readme_gunicorn_command_serves_app_py_and_its_page_streams_the_answ
     """The README's gunicorn command serves the user's app.py; the page it redirects to shows
     the run's answer as ``use_realtime_stream`` reads it from the Runstream server with the
     run's public access token, until the stream is done. Without a token it reads nothing."""
-    needs_reactpy_flask_backend()
     command = readme_command("gunicorn ")
     assert command[-1] == "app:app"
     port = free_port()

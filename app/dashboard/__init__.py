@@ -1,7 +1,8 @@
 """The runs dashboard: ``/runs`` lists runs as they change, ``/runs/<run_id>`` shows one run and
 its streams live.
 
-The pages (:mod:`.pages`) are ReactPy components served by :mod:`.serving`. They read the store
+The pages (:mod:`.pages`) are ReactPy components served by :func:`runstream.components.mount`,
+the helper that users' own Flask apps serve ReactPy with, behind the sign-in. They read the store
 in-process and wake on the hub: the ``runs`` topic is published whenever a run is triggered,
 claimed or ends. The dashboard asks for the secret key once and remembers it in a session
 cookie, unless authentication is disabled (loopback only). Its CSS and script are the package
@@ -16,10 +17,11 @@ from flask import Flask, Response, abort, redirect, request, send_from_directory
 from flask.typing import ResponseReturnValue
 from reactpy import html
 
+from runstream.components import mount
+
 from ..core.hub import Commit
 from ..runtime import runtime, runtime_of
 from .pages import RUNS_TOPIC, Dashboard
-from .serving import mount
 
 # The dashboard's CSS and script: a folder inside the installed package, wherever that is.
 STATIC_FOLDER = str(files("runstream.static"))
@@ -32,6 +34,7 @@ def init_app(app: Flask) -> None:
     app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(Commit.changed(RUNS_TOPIC)))
     mount(
         app,
+        "/runs",
         Dashboard,
         head=[
             html.title("Runstream"),
@@ -39,7 +42,6 @@ def init_app(app: Flask) -> None:
             html.link({"rel": "stylesheet", "href": "/static/runstream.css"}),
             html.script({"src": "/static/runstream.js", "defer": True}),
         ],
-        pages=["/runs", "/runs/<run_id>"],
         allowed=signed_in,
     )
     app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static_file)

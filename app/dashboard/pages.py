@@ -19,8 +19,11 @@ from ..runs.runs import RunRecord, RunStatus
 from ..runtime import Runtime, runtime
 
 RUNS_TOPIC = "runs"
-# Pages refresh this often even without news, so that durations tick.
+# Pages load again this often even without news while they show a run executing, whose
+# duration ticks and whose streams appear; other pages less often, since all the open pages of
+# a server load on its one event loop.
 REFRESH_SECONDS = 1.0
+IDLE_REFRESH_SECONDS = 10.0
 T = TypeVar("T")
 
 
@@ -41,19 +44,36 @@ def Shell(content: VdomDict | ComponentType) -> VdomDict:
     )
 
 
-def use_live(load: Callable[[Runtime], T], dependencies: list[Any]) -> T | None:
-    """``load(runtime)``, run in a thread, again whenever a run changes (and every second)."""
+def use_live(
+    load: Callable[[Runtime], T], dependencies: list[Any], *, ticking: Callable[[T], bool]
+) -> T | None:
+    """``load(runtime)``, run in a thread, again whenever a run changes, and every second while
+    ``ticking(loaded)`` (it shows a run executing), every ten seconds otherwise.
+
+    The page renders again only when what it loaded changed, or while it ticks: all the open
+    pages of a server render on its one event loop, and an idle page costs it no render and no
+    update sent."""
     value, set_value = use_state(cast(T | None, None))
     app_runtime = runtime()
 
     @use_effect(dependencies=dependencies)
     async def refresh() -> None:
+        shown: T | None = None
         async with AsyncTopicWatch(app_runtime.hub, RUNS_TOPIC) as news:
             while True:
-                set_value(await asyncio.to_thread(load, app_runtime))
-                await news.wait(REFRESH_SECONDS)
+                loaded = await asyncio.to_thread(load, app_runtime)
+                live = ticking(loaded)
+                if shown is None or loaded != shown or live:
+                    set_value(loaded)
+                shown = loaded
+                await news.wait(REFRESH_SECONDS if live else IDLE_REFRESH_SECONDS)
 
     return value
+
+
+def _ticks(run: RunRecord) -> bool:
+    """The run's duration grows while it is shown: it started and has not finished."""
+    return run.started_at is not None and run.finished_at is None
 
 
 @component
@@ -65,7 +85,10 @@ def RunsPage() -> VdomDict:
         page = app_runtime.runs.page(status=status or None, task_id=task_filter or None, limit=50)
         return [(run, len(app_runtime.run_streams.streams(run.id))) for run in page.runs]
 
-    rows = use_live(load, [status, task_filter]) or []
+    def ticking(rows: list[tuple[RunRecord, int]]) -> bool:
+        return any(_ticks(run) for run, _ in rows)
+
+    rows = use_live(load, [status, task_filter], ticking=ticking) or []
     return html.section(
         {"class_name": "runs"},
         html.header(
@@ -157,7 +180,9 @@ def RunPage(run_id: str) -> VdomDict:
             return str(error)
         return run, app_runtime.run_streams.streams(run_id), app_runtime.runs.children(run_id)
 
-    loaded = use_live(load, [run_id])
+    loaded = use_live(
+        load, [run_id], ticking=lambda loaded: not isinstance(loaded, str) and _ticks(loaded[0])
+    )
     if loaded is None:
         return html.p("Loading…")
     if isinstance(loaded, str):

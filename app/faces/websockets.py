@@ -22,7 +22,7 @@ import gevent
 from flask import Flask, request
 from flask_sock import ConnectionClosed, Sock
 from gevent import monkey
-from wsproto.events import Ping
+from wsproto.events import CloseConnection, Ping
 from wsproto.utilities import LocalProtocolError
 
 from runstream.identifiers import check_run_id, check_stream_key
@@ -52,6 +52,8 @@ MAX_READ_TIMEOUT = 600
 DEFAULT_READ_TIMEOUT = 60
 # How long a writer may take to say hello after connecting.
 HELLO_TIMEOUT = 30.0
+# How long a closing connection waits for its client to answer the close.
+CLOSING_SECONDS = 2.0
 
 # How a connection whose client went away shows: a closed websocket, a socket that is gone, or
 # a frame the protocol can no longer send.
@@ -124,10 +126,22 @@ def guarded(handler: Handler) -> Handler:
 
 
 def close(ws: Any, code: int, reason: str) -> None:
+    """Close with ``code`` and ``reason``, and wait (briefly) for the client's close in answer,
+    as RFC 6455 has it. Meanwhile the connection's reader goes on reading what the client still
+    sends: a socket closed with unread data ends in a reset, which would lose the close frame on
+    its way to a client that sends fast (a reader's client that floods, say)."""
+    if not ws.connected:
+        return
     # A close reason must fit in a control frame: 123 bytes of UTF-8.
     encoded = reason.encode()[:123].decode("utf-8", "ignore")
     with contextlib.suppress(*CONNECTION_GONE):
-        ws.close(reason=code, message=encoded)
+        ws.sock.send(ws.ws.send(CloseConnection(code, encoded)))
+        # The client's close ends the connection's reader, which then says it is no longer
+        # connected; a client that does not answer is left after CLOSING_SECONDS.
+        deadline = time.monotonic() + CLOSING_SECONDS
+        while ws.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+    ws.connected = False
 
 
 # -- reading ---------------------------------------------------------------------------------
