@@ -24,7 +24,7 @@ from flask import Flask
 from runstream.reading import LOCAL_SOURCE
 
 from .config import DEFAULTS, Settings, instance_path_from
-from .core.hub import InProcessHub
+from .core.hub import Hub, InProcessHub
 from .core.store import Store
 from .db import make_engine, migrations
 from .runs.auth import Auth, load_or_create_secret_key
@@ -54,12 +54,33 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(config)
 
     settings = Settings.from_mapping(app.config, app.instance_path)
-    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    engine = make_engine(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        pool_connections=settings.database_pool_connections or None,
+        pool_timeout=settings.database_pool_timeout,
+    )
     migrations.upgrade(engine)
     secret_key, secret_key_file = settings.secret_key, None
     if not secret_key:
         secret_key, secret_key_file, _ = load_or_create_secret_key(app.instance_path)
-    hub = InProcessHub()
+    hub: Hub
+    if settings.redis_url:
+        # Imported only here: redis-py is the optional [redis] extra.
+        try:
+            from .core.redis_hub import RedisHub
+        except ModuleNotFoundError as error:
+            if error.name != "redis":
+                raise
+            raise ValueError(
+                "RUNSTREAM_REDIS_URL needs redis-py, which is not installed: "
+                "pip install 'runstream[redis]'"
+            ) from None
+        # Redis being down at start is no error: the hub logs it, readers read the store on
+        # its timer, and it connects once Redis is there.
+        hub = RedisHub(settings.redis_url)
+    else:
+        hub = InProcessHub()
     store = Store(
         engine,
         hub,

@@ -13,8 +13,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from . import create_app, runtime_of
 from .config import instance_path_from
 from .db import migrations
-from .db.engine import DatabaseUnavailable, is_sqlite_url
+from .db.engine import DatabaseUnavailable, is_sqlite, is_sqlite_url
 from .runs.auth import SECRET_KEY_FILE, is_loopback
+from .runtime import Runtime
 
 
 class Fatal(click.ClickException):
@@ -55,11 +56,18 @@ def main() -> None:
     help="SQLAlchemy URL of the store. Default: an SQLite file in the instance folder.",
 )
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Server processes. More than one need PostgreSQL and RUNSTREAM_REDIS_URL.",
+)
+@click.option(
     "--demo",
     is_flag=True,
     help="Also run a worker in this process and a demo run that streams text live.",
 )
-def serve(host: str, port: int, database_url: str | None, demo: bool) -> None:
+def serve(host: str, port: int, database_url: str | None, workers: int, demo: bool) -> None:
     """Start the Runstream server."""
     from .serving import (
         CannotServe,
@@ -98,6 +106,10 @@ def serve(host: str, port: int, database_url: str | None, demo: bool) -> None:
             f"RUNSTREAM_AUTH=disabled lets anyone read and write every stream, so the server "
             f"only listens on loopback then; --host {host} is not a loopback address"
         )
+    problem = workers_problem(runtime) if workers > 1 else None
+    if problem:
+        runtime.close()
+        raise Fatal(f"--workers {workers}: {problem}")
     try:
         listener = listen(host, port)
     except CannotServe as error:
@@ -112,7 +124,7 @@ def serve(host: str, port: int, database_url: str | None, demo: bool) -> None:
     elif runtime.secret_key_file:
         click.echo(f"  secret key: in {runtime.secret_key_file}")
     settings = runtime.settings
-    click.echo(f"  live readers: up to {settings.max_live_readers}")
+    click.echo(f"  live readers: up to {settings.max_live_readers} per worker, {workers} worker(s)")
     warning = raise_open_file_limit(settings.max_live_readers)
     if warning:
         click.echo(f"  {warning}")
@@ -120,11 +132,27 @@ def serve(host: str, port: int, database_url: str | None, demo: bool) -> None:
     run_server(
         config,
         listener=listener,
+        workers=workers,
         live_readers=settings.max_live_readers,
         header_timeout=settings.header_timeout,
         demo_url=url if demo else None,
         instance_lock=lock,
     )
+
+
+def workers_problem(runtime: Runtime) -> str | None:
+    """Why this server cannot run as several processes, or None if it can."""
+    if is_sqlite(runtime.engine):
+        return (
+            "several server processes need PostgreSQL (RUNSTREAM_DATABASE_URL): SQLite has one "
+            "writer at a time, and its writers in other processes would wait on each other"
+        )
+    if not runtime.hub.spans_processes:
+        return (
+            "several server processes need a hub that reaches all of them: set "
+            "RUNSTREAM_REDIS_URL, or a reader in one would not hear of appends made in another"
+        )
+    return None
 
 
 @main.command()

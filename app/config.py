@@ -16,13 +16,21 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULTS: dict[str, Any] = {
     # Where streams are stored. Empty means an SQLite file in the Flask instance folder.
     "DATABASE_URL": "",
+    # The most connections the database pool holds (0: 100 for SQLite, 50 for PostgreSQL), and
+    # how long a request waits for one before it is refused with 503.
+    "DATABASE_POOL_CONNECTIONS": 0,
+    "DATABASE_POOL_TIMEOUT": 5.0,
     # SQLite's PRAGMA synchronous. NORMAL in WAL mode keeps every acknowledged append across a
     # crash of the server process; FULL also survives power loss, at some cost in speed.
     "SQLITE_SYNCHRONOUS": "NORMAL",
+    # The Redis that carries commits between server processes sharing a database, so that a
+    # reader in one process hears of an append in another. Empty: one process, no Redis.
+    "REDIS_URL": "",
     # How long a long-poll read waits for new data before answering 204 No Content.
     "LONG_POLL_TIMEOUT": 20.0,
     # SSE responses end after about this long so that clients reconnect (and CDNs can collapse).
@@ -72,7 +80,10 @@ class Settings:
     """The typed view of the Flask config that the rest of Runstream reads."""
 
     database_url: str
+    database_pool_connections: int
+    database_pool_timeout: float
     sqlite_synchronous: str
+    redis_url: str
     long_poll_timeout: float
     sse_max_duration: float
     keepalive: float
@@ -102,7 +113,10 @@ class Settings:
             )
         return cls(
             database_url=database_url,
+            database_pool_connections=_whole_number(config, "DATABASE_POOL_CONNECTIONS"),
+            database_pool_timeout=_positive_number(config, "DATABASE_POOL_TIMEOUT"),
             sqlite_synchronous=synchronous,
+            redis_url=_redis_url(config["REDIS_URL"]),
             long_poll_timeout=_positive_number(config, "LONG_POLL_TIMEOUT"),
             sse_max_duration=_positive_number(config, "SSE_MAX_DURATION"),
             keepalive=_positive_number(config, "KEEPALIVE"),
@@ -129,6 +143,22 @@ def default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "runstream.sqlite3")
 
 
+def _redis_url(value: Any) -> str:
+    """The Redis URL, checked at start so that a typo fails there rather than in every
+    reconnection. The message leaves the URL out, as it may hold a password."""
+    url = str(value or "")
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("RUNSTREAM_REDIS_URL must start with redis://, rediss:// or unix://")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("RUNSTREAM_REDIS_URL has a port that is no number") from None
+    return url
+
+
 def _auth_disabled(value: Any) -> bool:
     setting = str(value).strip().lower()
     if setting not in {"enabled", "disabled"}:
@@ -144,4 +174,17 @@ def _positive_number(config: Mapping[str, Any], key: str) -> float:
         raise ValueError(f"RUNSTREAM_{key} must be a number, not {value!r}") from None
     if number <= 0:
         raise ValueError(f"RUNSTREAM_{key} must be greater than zero, not {value!r}")
+    return number
+
+
+def _whole_number(config: Mapping[str, Any], key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"RUNSTREAM_{key} must be a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"RUNSTREAM_{key} must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"RUNSTREAM_{key} must be 0 or more, not {value!r}")
     return number

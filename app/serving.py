@@ -202,11 +202,14 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
         self.cfg.set("post_fork", self.post_fork)
 
-    def post_fork(self, _arbiter: Any, _worker: Any) -> None:
+    def post_fork(self, _arbiter: Any, worker: Any) -> None:
         # Only the arbiter, the server's lasting process, keeps the instance folder's lock open.
         # Closing the worker's inherited copy leaves the arbiter's lock in place.
         if self.instance_lock is not None:
             self.instance_lock.close()
+        # One demo for the whole server: in the first worker process gunicorn started.
+        if worker.age > 1:
+            self.demo_url = None
 
     def load(self) -> Flask:
         from . import create_app, runtime_of
@@ -225,21 +228,23 @@ def serve(
     config: Mapping[str, Any],
     *,
     listener: socket.socket,
+    workers: int,
     live_readers: int,
     header_timeout: float,
     demo_url: str | None = None,
     instance_lock: IO[str] | None = None,
 ) -> None:
-    """Serve on ``listener`` in the foreground until interrupted, holding up to
-    ``live_readers`` live readers beside the short requests; with ``demo_url``, also run the
-    demo worker and trigger a demo run. ``instance_lock`` is held by this process only.
-    Call it from a process that :func:`run_patched` has patched."""
+    """Serve on ``listener`` in the foreground until interrupted, with ``workers`` processes
+    each holding up to ``live_readers`` live readers beside the short requests; with
+    ``demo_url``, also run the demo worker (in the first worker process) and trigger a demo
+    run. ``instance_lock`` is held by this process only. Call it from a process that
+    :func:`run_patched` has patched."""
     RunstreamServer(
         config,
         {
             # gunicorn takes over the socket: its descriptor is detached from ``listener``.
             "bind": f"fd://{listener.detach()}",
-            "workers": 1,
+            "workers": workers,
             "worker_class": "runstream.server.serving.Worker",
             # Past this many connections gunicorn stops accepting: room for every live reader
             # the budget admits and for the short requests beside them.

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,11 +106,16 @@ def stop_process_group(process: subprocess.Popen[Any]) -> None:
             process.wait(timeout=10)
 
 
-def start_server(instance_path: Path, *, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `runstream serve` on a free port and wait until it answers."""
+def start_server(
+    instance_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    arguments: Sequence[str] = (),
+) -> ServerProcess:
+    """Start `runstream serve` (with ``arguments``) on a free port and wait until it answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
+        [sys.executable, "-m", "runstream.server", "serve", "--port", str(port), *arguments],
         env={
             **os.environ,
             "RUNSTREAM_INSTANCE_PATH": str(instance_path),

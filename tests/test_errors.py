@@ -3,18 +3,23 @@ through one table, and every answer under /api/ is JSON, whatever failed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, within
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from runstream import wire
 from runstream.identifiers import InvalidIdentifier
 from runstream.server import create_app
 from runstream.server.core import errors
 from runstream.server.faces.errors import REFUSALS, answer_for, protocol_headers
-from runstream.server.faces.live import ServerBusy
+from runstream.server.runtime import runtime_of
+
+T = TypeVar("T")
 
 
 def every_core_error() -> list[type[Exception]]:
@@ -42,7 +47,7 @@ def test_every_refusal_of_the_core_has_an_http_status_and_a_close_code(
     answer = answer_for(error)
 
     assert isinstance(error, REFUSALS)
-    if kind is ServerBusy:  # nothing wrong with the request: the client retries shortly
+    if issubclass(kind, errors.Busy):  # nothing wrong with the request: retry shortly
         assert (answer.status, answer.close_code) == (503, wire.CLOSE_TRY_AGAIN_LATER)
         assert not wire.is_refusal(answer.close_code)
         return
@@ -102,6 +107,46 @@ def test_a_failure_of_the_server_under_api_is_a_json_500(tmp_path: Path) -> None
     assert "a bug" not in response.get_data(as_text=True)  # no internals leak
     assert elsewhere.status_code == 500
     assert not elsewhere.is_json
+
+
+def test_a_request_that_finds_every_database_connection_in_use_is_a_503_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """With the pool's one connection held elsewhere, a read and an API call are refused after
+    the pool's timeout, 503 with Retry-After and words that say why, instead of waiting."""
+    app = create_app(
+        {
+            "INSTANCE_PATH": str(tmp_path),
+            "SECRET_KEY": "rs_sk_x",
+            "DATABASE_POOL_CONNECTIONS": 1,
+            "DATABASE_POOL_TIMEOUT": 0.2,
+        }
+    )
+    client = app.test_client()
+    headers = {"Authorization": "Bearer rs_sk_x"}
+    assert client.put("/v1/stream/busy", headers=headers).status_code == 201
+
+    # The housekeeping thread, started by the first request, may be using the connection a
+    # moment: take it once it is free.
+    held = within(5, lambda: retried(runtime_of(app).engine.connect))
+    with held:  # the only connection
+        read = client.get("/v1/stream/busy?offset=-1", headers=headers)
+        listed = client.get("/api/v1/runs", headers=headers)
+
+    for response in (read, listed):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "2"
+        assert "every connection to the database is in use" in response.get_data(as_text=True)
+    assert listed.get_json()["error"]
+    assert client.get("/v1/stream/busy?offset=-1", headers=headers).status_code == 200
+
+
+def retried(connect: Callable[[], T]) -> T:
+    while True:
+        try:
+            return connect()
+        except PoolTimeout:
+            continue
 
 
 def test_durable_streams_errors_stay_plain_text(

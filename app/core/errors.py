@@ -71,5 +71,10 @@ class TooLarge(RunstreamError):
     """A body, chunk or stream over its limit."""
 
 
+class Busy(RunstreamError):
+    """The server cannot take the request now (its live readers or its database connections
+    are all in use); the same request a moment later can succeed."""
+
+
 class TimedOut(RunstreamError):
     """The client took too long to send its request."""

@@ -125,6 +125,9 @@ class Hub(ABC):
     # How often a follower reads the store anyway, for a hub that may lose a commit; None for
     # a hub that loses none, whose idle followers then cost nothing at all.
     resync_interval: float | None = None
+    # Whether a commit published in one process reaches the listeners of every other process
+    # sharing the hub (so that the server may run as several processes).
+    spans_processes: bool = False
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}

@@ -25,11 +25,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from ..core.errors import Busy
 
 WRITE_OPTION = "runstream_write"
 # How long a PostgreSQL connection attempt may take, unless the URL says (connect_timeout=...).
 CONNECT_TIMEOUT_SECONDS = 10
 POSTGRES_EXTRA = "pip install 'runstream[postgres]'"
+# How long a request waits for a free database connection before it is refused with 503.
+POOL_TIMEOUT_SECONDS = 5.0
 
 # SQLite has one writer at a time. Writers of this process queue on a lock (one per engine)
 # rather than in SQLite's busy handler, which sleeps and retries: the lock hands over at once.
@@ -47,7 +52,7 @@ def writing(engine: Engine) -> Iterator[Connection]:
     if is_sqlite(engine):
         with _locks_guard:
             lock = _sqlite_write_locks.setdefault(engine, threading.Lock())
-    with lock, engine.connect() as conn:
+    with lock, connected(engine) as conn:
         conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
             yield conn
@@ -56,8 +61,19 @@ def writing(engine: Engine) -> Iterator[Connection]:
 @contextlib.contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
     """A read transaction: one consistent snapshot of the database."""
-    with engine.connect() as conn, conn.begin():
+    with connected(engine) as conn, conn.begin():
         yield conn
+
+
+def connected(engine: Engine) -> Connection:
+    """A connection from the engine's pool; :class:`Busy` (503, never a hang) when every one
+    stayed in use for the pool's timeout."""
+    try:
+        return engine.connect()
+    except PoolTimeout:
+        raise Busy(
+            "every connection to the database is in use: try again in a few seconds"
+        ) from None
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -92,22 +108,35 @@ def is_sqlite_url(url: str) -> bool:
         return False
 
 
-def make_engine(database_url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
+def make_engine(
+    database_url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    pool_connections: int | None = None,
+    pool_timeout: float = POOL_TIMEOUT_SECONDS,
+) -> Engine:
     """Create the engine for ``database_url``, creating an SQLite file's folder if needed,
-    and connect once: :class:`DatabaseUnavailable` says why the database cannot be used."""
+    and connect once: :class:`DatabaseUnavailable` says why the database cannot be used.
+
+    The pool holds at most ``pool_connections`` connections (by default 100 for SQLite, 50 for
+    PostgreSQL; a request holds one only for a transaction, never across a wait); a request
+    that finds none free within ``pool_timeout`` seconds is refused as :class:`Busy`."""
     url = parse_database_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
     try:
         if sqlite:
             _prepare_sqlite_file(url)
-            engine = create_engine(url, pool_size=20, max_overflow=80)
+            engine = create_engine(url, **_pool(pool_connections or 100, pool_timeout))
             _configure_sqlite(engine, sqlite_synchronous)
         else:
             connect_args: dict[str, Any] = {}
             if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
             engine = create_engine(
-                url, pool_size=10, max_overflow=40, pool_pre_ping=True, connect_args=connect_args
+                url,
+                **_pool(pool_connections or 50, pool_timeout),
+                pool_pre_ping=True,
+                connect_args=connect_args,
             )
     except NoSuchModuleError:
         raise DatabaseUnavailable(
@@ -124,6 +153,12 @@ def make_engine(database_url: str, *, sqlite_synchronous: str = "NORMAL") -> Eng
         ) from error
     _check_connection(engine, sqlite=sqlite)
     return engine
+
+
+def _pool(connections: int, timeout: float) -> dict[str, Any]:
+    """A fifth of the connections stay open between requests; the rest open as needed."""
+    kept = max(1, connections // 5)
+    return {"pool_size": kept, "max_overflow": connections - kept, "pool_timeout": timeout}
 
 
 def _prepare_sqlite_file(url: URL) -> None:

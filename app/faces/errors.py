@@ -15,6 +15,7 @@ from runstream.identifiers import InvalidIdentifier
 
 from ..core import offsets
 from ..core.errors import (
+    Busy,
     Conflict,
     Gone,
     Invalid,
@@ -28,7 +29,7 @@ from ..core.errors import (
     TooLarge,
     Unauthenticated,
 )
-from .live import RETRY_AFTER_SECONDS, ServerBusy
+from .live import RETRY_AFTER_SECONDS
 
 # What the faces catch: the core's refusals, and identifiers the shared checks refused.
 REFUSALS = (RunstreamError, InvalidIdentifier)
@@ -51,7 +52,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     Conflict: Answer(409, wire.CLOSE_CONFLICT),
     Gone: Answer(410, wire.CLOSE_GONE),
     TooLarge: Answer(413, wire.CLOSE_TOO_LARGE),
-    ServerBusy: Answer(503, wire.CLOSE_TRY_AGAIN_LATER),
+    Busy: Answer(503, wire.CLOSE_TRY_AGAIN_LATER),
 }
 
 
@@ -84,6 +85,6 @@ def protocol_headers(error: Exception) -> dict[str, str]:
 
 def http_headers(error: Exception) -> dict[str, str]:
     """What every HTTP face adds to a refusal: when to try again, for a busy server."""
-    if isinstance(error, ServerBusy):
+    if isinstance(error, Busy):
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return {}

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from flask import Flask, current_app, request
 
-from ..core.errors import RunstreamError
+from ..core.errors import Busy
 from ..memory import return_freed_memory
 from ..runtime import runtime_of
 
@@ -38,7 +38,7 @@ CROWD = 100
 TRIM_DELAY_SECONDS = 1.0
 
 
-class ServerBusy(RunstreamError):
+class ServerBusy(Busy):
     """The server holds as many live readers as it may; retrying shortly can succeed."""
 
 
