@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from runstream.server.core.follower import Follower
 from runstream.server.core.hub import InProcessHub
 from runstream.server.core.store import Store
 from runstream.server.db import make_engine
@@ -187,3 +188,14 @@ def within(seconds: float, function: Callable[[], T]) -> T:
     if not ok:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def follow_all(follow: Follower, until: int, timeout: float = 10) -> list[bytes]:
+    """Every message the follower hands on until position ``until``, within ``timeout``."""
+    seen: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while follow.position is None or follow.position < until:
+        batch = follow.next(max(0.0, deadline - time.monotonic()))
+        assert batch is not None, f"stalled at {follow.position} of {until}"
+        seen.extend(batch.messages)
+    return seen

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import follow_all
 
 from runstream.server.core.errors import Gone, NotFound
 from runstream.server.core.follower import AsyncFollower, Batch, Follower, store_reader
@@ -25,17 +26,6 @@ def follower(store: Store, path: str, position: int | None = 0) -> Follower:
 
 def append(store: Store, path: str, *messages: bytes, close: bool = False) -> None:
     store.append(path, AppendRequest(list(messages), content_type=TEXT, close=close))
-
-
-def follow_all(follow: Follower, until: int, timeout: float = 10) -> list[bytes]:
-    """Every message the follower hands on until position ``until``."""
-    seen: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while follow.position is None or follow.position < until:
-        batch = follow.next(max(0.0, deadline - time.monotonic()))
-        assert batch is not None, f"stalled at {follow.position} of {until}"
-        seen.extend(batch.messages)
-    return seen
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from conftest import free_port
+from conftest import follow_all, free_port
 from sqlalchemy import Engine
 
 from runstream.server import create_app, runtime_of
@@ -90,17 +90,6 @@ def follower(store: Store, path: str) -> Follower:
 
 def append(store: Store, path: str, *messages: bytes) -> None:
     store.append(path, AppendRequest(list(messages), content_type=TEXT))
-
-
-def follow_all(follow: Follower, until: int, timeout: float) -> list[bytes]:
-    """Every message the follower hands on until position ``until``, within ``timeout``."""
-    seen: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while follow.position is None or follow.position < until:
-        batch = follow.next(max(0.0, deadline - time.monotonic()))
-        assert batch is not None, f"stalled at {follow.position} of {until}"
-        seen.extend(batch.messages)
-    return seen
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

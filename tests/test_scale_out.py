@@ -116,17 +116,50 @@ def test_appends_through_one_server_reach_the_live_readers_of_the_other_at_once(
         assert slowest < DELIVERED_WITHIN, f"{name}: a chunk took {slowest:.2f} s"
 
 
-def test_several_workers_serve_with_postgresql_and_redis(tmp_path: Path) -> None:
-    """``runstream serve --workers 2`` starts where PostgreSQL and Redis are configured."""
+def test_readers_spread_over_four_workers_get_every_chunk_once_in_order(
+    servers: tuple[ServerProcess, ServerProcess], tmp_path: Path
+) -> None:
+    """``runstream serve --workers 4`` on PostgreSQL and Redis: 16 SSE readers, which the
+    kernel spreads over the four worker processes, and a writer whose appends each land in
+    whichever worker takes its connection; every reader gets every chunk once, in order."""
     server = start_server(
         tmp_path,
-        env={"RUNSTREAM_DATABASE_URL": str(POSTGRES_URL), "RUNSTREAM_REDIS_URL": REDIS_URL},
-        arguments=["--workers", "2"],
+        env={
+            "RUNSTREAM_DATABASE_URL": str(POSTGRES_URL),
+            "RUNSTREAM_REDIS_URL": REDIS_URL,
+            "RUNSTREAM_LONG_POLL_TIMEOUT": str(LONG_POLL_TIMEOUT),
+        },
+        arguments=["--workers", "4"],
     )
     try:
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        deadline = time.monotonic() + 20  # gunicorn starts its workers one after the other
+        while len(children.read_text().split()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children.read_text().split()) == 4
+        path = f"/v1/stream/scale/{uuid.uuid4().hex}"
         with server.client() as client:
-            assert client.get("/api/v1/runs").status_code == 200
-        workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-        assert len(workers.read_text().split()) == 2
+            created = client.put(path, headers={"Content-Type": "application/json"})
+            assert created.status_code == 201
+        arrivals: list[list[tuple[float, object]]] = [[] for _ in range(16)]
+        threads = [
+            threading.Thread(target=sse_messages, args=(server.url, path, CHUNKS, arrived))
+            for arrived in arrivals
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        for number in range(CHUNKS):
+            # A new connection for each append: the kernel hands each to any worker.
+            answer = httpx.post(
+                f"{server.url}{path}",
+                content=json.dumps([number]),
+                headers={**AUTH, "Content-Type": "application/json"},
+            )
+            assert answer.status_code in (200, 204), answer.text
+        for thread in threads:
+            thread.join(timeout=20)
+        for arrived in arrivals:
+            assert [message for _, message in arrived] == list(range(CHUNKS))
     finally:
         server.stop()

@@ -129,6 +129,10 @@ class Hub(ABC):
     # sharing the hub (so that the server may run as several processes).
     spans_processes: bool = False
 
+    def problem(self) -> str | None:
+        """What keeps commits from reaching other processes now (one line), or None."""
+        return None
+
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}
         self._lock = threading.Lock()

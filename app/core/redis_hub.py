@@ -109,6 +109,11 @@ class RedisHub(Hub):
         else:
             self._outbox.put(self._origin + commit.encode())
 
+    def problem(self) -> str | None:
+        if self._down:
+            return f"Redis at {self._where} does not answer: readers read the store on a timer"
+        return None
+
     def close(self) -> None:
         self._closed.set()
         self._outbox.put(None)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
-from ..errors import TooLarge
+from ...db.engine import reading
+from ..errors import Busy, TooLarge
 from ..hub import Hub
 
 
@@ -32,6 +34,17 @@ class StoreBase:
         """How many times streams were read since the store was made: what live readers cost
         the database, where tests and benchmarks can see it."""
         return self._reads
+
+    def check(self) -> str | None:
+        """What keeps the database from answering (one line), or None when it answers."""
+        try:
+            with reading(self.engine) as conn:
+                conn.execute(text("SELECT 1"))
+        except Busy as busy:
+            return busy.message
+        except DBAPIError as error:
+            return f"the database does not answer: {type(error.orig).__name__}"
+        return None
 
     def _count_read(self) -> None:
         with self._reads_lock:
