@@ -11,7 +11,8 @@ each, and at a few thousand readers the worker no longer answers its heartbeat.
 gevent must patch the standard library before anything else is imported, so that every lock,
 socket and wait in Flask, SQLAlchemy, psycopg and Runstream cooperates: :func:`run_patched`
 re-executes the ``serve`` command with the patches applied first. The server runs one worker
-process: the embedded store and the in-process hub belong to one process.
+process unless a hub spans processes (``--workers``): the embedded store and the in-process hub
+belong to one process.
 
 The command binds the listening socket itself (:func:`listen`) and hands it to gunicorn, so that
 a busy port fails at once with one clear line, and ``--port 0`` knows its port before it says

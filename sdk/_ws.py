@@ -168,7 +168,6 @@ class ChunkWriter:
     async def _session(self, connection: ClientConnection) -> None:
         await connection.send(json.dumps({"type": "hello", "writer_id": self.writer_id}))
         ready = json.loads(await asyncio.wait_for(connection.recv(), REPLY_TIMEOUT))
-        self._awaiting_ack_since = None
         outstanding = len(self._unacknowledged)
         self._acknowledge(int(ready["last_seq"]))
         if len(self._unacknowledged) < outstanding:
@@ -243,7 +242,7 @@ class ChunkWriter:
 
     def _ack_due_in(self) -> float | None:
         """Seconds until sent chunks have waited REPLY_TIMEOUT for an ack; None if none wait."""
-        if self._awaiting_ack_since is None or not self._unacknowledged:
+        if self._awaiting_ack_since is None:
             return None
         return max(self._awaiting_ack_since + REPLY_TIMEOUT - time.monotonic(), 0.0)
 

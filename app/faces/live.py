@@ -66,10 +66,6 @@ class LiveBudget:
         self._trim_pending = False
         self._lock = threading.Lock()
 
-    @property
-    def held(self) -> int:
-        return self._held
-
     def take(self) -> None:
         """Take a place, or raise :class:`ServerBusy` at once if none is left."""
         with self._lock:
