@@ -5,21 +5,17 @@ on PostgreSQL too when RUNSTREAM_TEST_DATABASE_URL is set."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from conftest import follow_all, free_port
+from conftest import Proxy, follow_all, free_port
 from sqlalchemy import Engine
 
 from runstream.server import create_app, runtime_of
@@ -94,50 +90,6 @@ def append(store: Store, path: str, *messages: bytes) -> None:
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == HUB_LOG and " lost " in r.message]
-
-
-class Proxy:
-    """A TCP proxy to the test Redis that can be cut (its connections dropped, new ones
-    refused) and restored on the same port: an outage seen by one process only."""
-
-    def __init__(self) -> None:
-        target = urlsplit(REDIS_URL)
-        self._target = (target.hostname or "127.0.0.1", target.port or 6379)
-        self._port = free_port()
-        self.url = urlunsplit(target._replace(netloc=f"127.0.0.1:{self._port}"))
-        self._sockets: list[socket.socket] = []
-        self.restore()
-
-    def restore(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", self._port))
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        for sock in [self._listener, *self._sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            self._sockets += [client, upstream]
-            for source, sink in [(client, upstream), (upstream, client)]:
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 @needs_redis
@@ -243,7 +195,7 @@ def test_commits_a_process_could_not_publish_are_read_by_every_follower_once_it_
     make_hub: MakeHub, channel: str, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=HUB_LOG)
-    proxy = Proxy()
+    proxy = Proxy(REDIS_URL)
     a, b = make_hub(proxy.url, resync_interval=60), make_hub(resync_interval=60)
     wait_subscribed(channel, 2)
     writer, reader = Store(engine, a), Store(second_engine(engine), b)
