@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import Engine
 
 from runstream.reading import LOCAL_SOURCE
 
@@ -64,23 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     secret_key, secret_key_file = settings.secret_key, None
     if not secret_key:
         secret_key, secret_key_file, _ = load_or_create_secret_key(app.instance_path)
-    hub: Hub
-    if settings.redis_url:
-        # Imported only here: redis-py is the optional [redis] extra.
-        try:
-            from .core.redis_hub import RedisHub
-        except ModuleNotFoundError as error:
-            if error.name != "redis":
-                raise
-            raise ValueError(
-                "RUNSTREAM_REDIS_URL needs redis-py, which is not installed: "
-                "pip install 'runstream[redis]'"
-            ) from None
-        # Redis being down at start is no error: the hub logs it, readers read the store on
-        # its timer, and it connects once Redis is there.
-        hub = RedisHub(settings.redis_url)
-    else:
-        hub = InProcessHub()
+    hub = make_hub(settings, engine)
     store = Store(
         engine,
         hub,
@@ -121,3 +106,30 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, settings.body_timeout
         )
     return app
+
+
+def make_hub(settings: Settings, engine: Engine) -> Hub:
+    """The hub the settings call for: Redis when a Redis URL is set, else PostgreSQL's
+    ``LISTEN/NOTIFY`` on PostgreSQL, else (on SQLite, one process) the in-process hub.
+
+    A hub's service being down at start is no error: the hub logs it, readers read the store on
+    its timer, and it connects once the service is there.
+    """
+    if settings.redis_url:
+        # Imported only here: redis-py is the optional [redis] extra.
+        try:
+            from .core.redis_hub import RedisHub
+        except ModuleNotFoundError as error:
+            if error.name != "redis":
+                raise
+            raise ValueError(
+                "RUNSTREAM_REDIS_URL needs redis-py, which is not installed: "
+                "pip install 'runstream[redis]'"
+            ) from None
+        return RedisHub(settings.redis_url)
+    if engine.dialect.name == "postgresql":
+        # psycopg is there: the engine uses it.
+        from .core.postgres_hub import PostgresHub
+
+        return PostgresHub(engine.url.render_as_string(hide_password=False))
+    return InProcessHub()

@@ -60,7 +60,7 @@ def main() -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1),
-    help="Server processes. More than one need PostgreSQL and RUNSTREAM_REDIS_URL.",
+    help="Server processes. More than one need PostgreSQL (RUNSTREAM_DATABASE_URL).",
 )
 @click.option(
     "--demo",
@@ -147,11 +147,7 @@ def workers_problem(runtime: Runtime) -> str | None:
             "several server processes need PostgreSQL (RUNSTREAM_DATABASE_URL): SQLite has one "
             "writer at a time, and its writers in other processes would wait on each other"
         )
-    if not runtime.hub.spans_processes:
-        return (
-            "several server processes need a hub that reaches all of them: set "
-            "RUNSTREAM_REDIS_URL, or a reader in one would not hear of appends made in another"
-        )
+    # On PostgreSQL the hub always spans processes (Redis, or LISTEN/NOTIFY).
     return None
 
 

@@ -69,6 +69,18 @@ class Commit:
         """A change to every stream under ``prefix`` (a run that ended, for its streams)."""
         return cls(prefix, 0, 0, None, under=True)
 
+    def by_position(self) -> Commit:
+        """This commit without its messages: its followers read them from the store."""
+        return Commit(
+            self.path,
+            self.first_position,
+            self.next_position,
+            None,
+            closed=self.closed,
+            gone=self.gone,
+            under=self.under,
+        )
+
     def encoded(self, name: str, build: Callable[[], Any]) -> Any:
         """``build()``, once per commit and ``name``: what every reader of the commit shares."""
         value = self._encodings.get(name)
@@ -90,7 +102,10 @@ class Commit:
             "gone": self.gone,
             "under": self.under,
         }
-        parts = [json.dumps(header, separators=(",", ":")).encode(), b"\n"]
+        # Paths as UTF-8, not escaped: a header then fits in 4.2 KB (paths are 1,024 characters
+        # at most), which PostgreSQL's NOTIFY carries.
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+        parts = [text.encode(), b"\n"]
         for message in self.messages or ():
             parts += [struct.pack(">I", len(message)), message]
         return b"".join(parts)
@@ -125,9 +140,6 @@ class Hub(ABC):
     # How often a follower reads the store anyway, for a hub that may lose a commit; None for
     # a hub that loses none, whose idle followers then cost nothing at all.
     resync_interval: float | None = None
-    # Whether a commit published in one process reaches the listeners of every other process
-    # sharing the hub (so that the server may run as several processes).
-    spans_processes: bool = False
 
     def problem(self) -> str | None:
         """What keeps commits from reaching other processes now (one line), or None."""

@@ -91,7 +91,7 @@ def parse_database_url(database_url: str) -> URL:
         url = make_url(database_url)
     except ArgumentError:
         raise DatabaseUnavailable(
-            f"{_hide_password(database_url)!r} is not a database URL: use one such as "
+            f"{hide_password(database_url)!r} is not a database URL: use one such as "
             "sqlite:////path/to/runstream.sqlite3 or postgresql://user@host/database"
         ) from None
     backend, _, driver = url.drivername.partition("+")
@@ -198,7 +198,8 @@ def _check_connection(engine: Engine, *, sqlite: bool) -> None:
         raise DatabaseUnavailable(f"cannot open the database {shown}: {reason}") from error
 
 
-def _hide_password(text: str) -> str:
+def hide_password(text: str) -> str:
+    """``text`` with the password of any URL in it masked: as it may be logged or shown."""
     return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", text)
 
 
