@@ -1,4 +1,22 @@
-"""Shared fixtures: a store on each database, and a real `runstream serve` on a free port."""
+"""Shared fixtures: a store on each database, and a real `runstream serve` on a free port.
+
+Environment:
+
+``RUNSTREAM_TEST_DATABASE_URL``
+    A PostgreSQL database the tests may wipe: the ``engine`` fixture's ``postgresql`` param
+    and the scale-out tests run on it (they are skipped without it).
+``RUNSTREAM_TEST_REDIS_URL``
+    A Redis for the tests of the Redis hub and of several server processes.
+``RUNSTREAM_TEST_SERVER_BACKEND``
+    What the shared ``server`` fixture (the `runstream serve` of the HTTP and SDK tests) stores
+    in and fans out through. ``sqlite`` (the default): a fresh SQLite file and the in-process
+    hub. ``postgres+redis``: the two databases above (the PostgreSQL schema is dropped first,
+    and the server migrates it as it starts) with the Redis hub. In the latter mode only the
+    tests that use ``server`` (directly, or through ``client`` and the like) run, the others
+    are deselected: they run in the default pass already, and some of them (the ``engine``
+    fixture's ``postgresql`` param, the scale-out tests) reset the PostgreSQL database, which
+    would pull the schema out from under the shared server.
+"""
 
 from __future__ import annotations
 
@@ -29,11 +47,70 @@ from runstream.server.db.migrations import upgrade
 from runstream.server.db.models import Base
 
 POSTGRES_URL = os.environ.get("RUNSTREAM_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("RUNSTREAM_TEST_REDIS_URL")
+SERVER_BACKEND_VARIABLE = "RUNSTREAM_TEST_SERVER_BACKEND"
+SQLITE_BACKEND = "sqlite"
+POSTGRES_REDIS_BACKEND = "postgres+redis"
+SERVER_BACKEND = os.environ.get(SERVER_BACKEND_VARIABLE, "").strip() or SQLITE_BACKEND
 # No SDK call in the tests may take longer than this: past it, a hang fails the test.
 HANG_GUARD = 60.0
 T = TypeVar("T")
 SECRET_KEY = "rs_sk_test-secret-key"
 AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a server back end that is unknown, or that lacks the databases it runs on."""
+    if SERVER_BACKEND not in (SQLITE_BACKEND, POSTGRES_REDIS_BACKEND):
+        raise pytest.UsageError(
+            f"{SERVER_BACKEND_VARIABLE}={SERVER_BACKEND!r}: expected "
+            f"{SQLITE_BACKEND!r} (the default) or {POSTGRES_REDIS_BACKEND!r}"
+        )
+    if SERVER_BACKEND == POSTGRES_REDIS_BACKEND:
+        missing = [
+            name
+            for name, value in [
+                ("RUNSTREAM_TEST_DATABASE_URL", POSTGRES_URL),
+                ("RUNSTREAM_TEST_REDIS_URL", REDIS_URL),
+            ]
+            if not value
+        ]
+        if missing:
+            raise pytest.UsageError(
+                f"{SERVER_BACKEND_VARIABLE}={POSTGRES_REDIS_BACKEND} runs the shared server on "
+                f"PostgreSQL and Redis: set {' and '.join(missing)}"
+            )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if SERVER_BACKEND == POSTGRES_REDIS_BACKEND:
+        return (
+            f"shared server: PostgreSQL + Redis hub ({SERVER_BACKEND_VARIABLE}="
+            f"{POSTGRES_REDIS_BACKEND}); only the tests that use it run"
+        )
+    return "shared server: SQLite + in-process hub"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL + Redis server back end, keep only the tests of the shared server.
+
+    The others ran in the default pass; and a test that resets the PostgreSQL database (the
+    ``engine`` fixture's ``postgresql`` param) would drop the schema the shared server is using,
+    so a test of the server that also takes that param is deselected as well."""
+    if SERVER_BACKEND != POSTGRES_REDIS_BACKEND:
+        return
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        resets_postgres = callspec is not None and callspec.params.get("engine") == "postgresql"
+        if "server" in getattr(item, "fixturenames", ()) and not resets_postgres:
+            kept.append(item)
+        else:
+            deselected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 def reset_postgres(engine: Engine) -> None:
@@ -197,8 +274,16 @@ def start_server(
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server on a fresh SQLite file, shared by the HTTP tests."""
-    server = start_server(tmp_path_factory.mktemp("server"))
+    """One server shared by the HTTP tests: on a fresh SQLite file with the in-process hub, or,
+    with RUNSTREAM_TEST_SERVER_BACKEND=postgres+redis, on the emptied PostgreSQL test database
+    with the Redis hub (see the module's docstring)."""
+    env: dict[str, str] = {}
+    if SERVER_BACKEND == POSTGRES_REDIS_BACKEND:
+        engine = make_engine(str(POSTGRES_URL))
+        reset_postgres(engine)  # the server creates the schema afresh as it starts
+        engine.dispose()
+        env = {"RUNSTREAM_DATABASE_URL": str(POSTGRES_URL), "RUNSTREAM_REDIS_URL": str(REDIS_URL)}
+    server = start_server(tmp_path_factory.mktemp("server"), env=env)
     yield server
     server.stop()
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ...db import writing
 from ..clock import utcnow
@@ -36,7 +37,12 @@ from .rows import (
 class Appends(Creation):
     def append(self, path: str, request: AppendRequest) -> AppendResult:
         """Append messages (and/or close the stream), exactly once per producer request."""
-        result, commit = self._append(path, request)
+        try:
+            result, commit = self._append(path, request)
+        except IntegrityError:
+            # Another writer created the stream between our look and our insert (PostgreSQL,
+            # where the look locks no row that does not exist yet): append to theirs.
+            result, commit = self._append(path, request)
         if commit is not None:
             self.hub.publish(commit)
         return result
@@ -177,6 +183,16 @@ class Appends(Creation):
         stream's first write and creates it.
         """
         check_length("the writer id", writer_id, MAX_NAME_LENGTH)
+        try:
+            return self._open_writer(path, writer_id, create_if_missing)
+        except IntegrityError:
+            # Another writer's hello created the stream between our look and our insert
+            # (PostgreSQL, as in append): open the session on theirs.
+            return self._open_writer(path, writer_id, create_if_missing)
+
+    def _open_writer(
+        self, path: str, writer_id: str, create_if_missing: CreateRequest | None
+    ) -> ProducerState:
         now = utcnow()
         with writing(self.engine) as conn:
             row = self._live_or_created(conn, path, now, create_if_missing)
