@@ -1,6 +1,7 @@
-"""Two server processes sharing PostgreSQL and Redis: what is appended through one reaches the
-live readers of the other at once, every chunk once and in order; and neither the crash of a
-server (its writers move over to the other) nor an outage of Redis loses or repeats a chunk.
+"""Two server processes sharing PostgreSQL and a hub (Redis, or PostgreSQL's LISTEN/NOTIFY):
+what is appended through one reaches the live readers of the other at once, every chunk once and
+in order; and neither the crash of a server (its writers move over to the other) nor an outage
+of Redis loses or repeats a chunk.
 
 Needs RUNSTREAM_TEST_DATABASE_URL and RUNSTREAM_TEST_REDIS_URL (the shared database is reset).
 """
@@ -47,7 +48,9 @@ CHUNKS = 50
 # Far longer than the test waits: a reader that hears of an append only when its long-poll
 # times out, or when its follower re-reads the store on the hub's slow timer, comes too late.
 LONG_POLL_TIMEOUT = 30
-DELIVERED_WITHIN = 1.0  # the Redis hub's resync timer is 5 s
+DELIVERED_WITHIN = 1.0  # the hubs' resync timer is 5 s
+# The hubs that span processes, by the Redis URL the servers get: none for LISTEN/NOTIFY.
+HUBS = {"redis": REDIS_URL, "postgres": ""}
 # The crash and outage tests: a chunk every PACE seconds, from each writer.
 PACE = 0.02
 WRITTEN = 100
@@ -93,11 +96,18 @@ def stop_all(servers: tuple[ServerProcess, ...]) -> None:
         thread.join()
 
 
+@pytest.fixture(scope="module", params=list(HUBS))
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The servers' RUNSTREAM_REDIS_URL: each test of it runs with either hub."""
+    url: str = HUBS[request.param]
+    return url
+
+
 @pytest.fixture(scope="module")
 def servers(
-    database: None, tmp_path_factory: pytest.TempPathFactory
+    database: None, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    started = start_pair(tmp_path_factory.mktemp("servers"), REDIS_URL)
+    started = start_pair(tmp_path_factory.mktemp("servers"), redis_url)
     yield started
     stop_all(started)
 
@@ -170,16 +180,16 @@ def test_appends_through_one_server_reach_the_live_readers_of_the_other_at_once(
 
 
 def test_readers_spread_over_four_workers_get_every_chunk_once_in_order(
-    servers: tuple[ServerProcess, ServerProcess], tmp_path: Path
+    servers: tuple[ServerProcess, ServerProcess], redis_url: str, tmp_path: Path
 ) -> None:
-    """``runstream serve --workers 4`` on PostgreSQL and Redis: 16 SSE readers, which the
+    """``runstream serve --workers 4`` on PostgreSQL (and Redis): 16 SSE readers, which the
     kernel spreads over the four worker processes, and a writer whose appends each land in
     whichever worker takes its connection; every reader gets every chunk once, in order."""
     server = start_server(
         tmp_path,
         env={
             "RUNSTREAM_DATABASE_URL": str(POSTGRES_URL),
-            "RUNSTREAM_REDIS_URL": REDIS_URL,
+            "RUNSTREAM_REDIS_URL": redis_url,
             "RUNSTREAM_LONG_POLL_TIMEOUT": str(LONG_POLL_TIMEOUT),
         },
         arguments=["--workers", "4"],
