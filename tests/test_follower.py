@@ -222,6 +222,34 @@ def test_a_hub_that_loses_commits_is_caught_up_by_its_resync_timer(
     assert batch is not None and list(batch.messages) == [b"never announced"]
 
 
+def test_a_follower_kept_busy_by_a_lossy_hub_never_reads_on_its_resync_timer(
+    store: Store, stream: str
+) -> None:
+    """The resync timer is for silence: a commit that continues where the follower stands
+    proves none before it was lost. (Were every busy reader to read the store each interval,
+    a hundred readers would read at once, and their chunks wait behind the reads.)"""
+
+    class LossyHub(InProcessHub):
+        resync_interval = 0.1  # may lose commits, though this one loses none
+
+    def write() -> None:
+        for n in range(20):  # over 0.8 s: eight resync intervals
+            time.sleep(0.04)
+            append(store, stream, f"m{n}".encode())
+
+    store.hub = LossyHub()
+    writer = threading.Thread(target=write)
+    with follower(store, stream) as follow:
+        follow.first()
+        reads = store.read_count
+        writer.start()  # the follower waits for each of its commits
+        seen = follow_all(follow, 20)
+        writer.join()
+
+    assert seen == [f"m{n}".encode() for n in range(20)]
+    assert store.read_count == reads
+
+
 def test_many_followers_share_one_batch_and_its_encoding(store: Store, stream: str) -> None:
     batches: list[Batch] = []
     ready = threading.Barrier(11)

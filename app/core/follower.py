@@ -99,7 +99,8 @@ class _Follow:
         # True when the store must be read before anything the hub delivers is believed.
         self._must_read = True
         self._ended = False
-        self._last_read = time.monotonic()
+        # When the follower last knew it had all there was: see :meth:`_wait_time`.
+        self._synced_at = time.monotonic()
 
     # -- what the hub calls, on the thread that committed ------------------------------------
 
@@ -132,6 +133,9 @@ class _Follow:
                 ):
                     continue  # already read: it committed before our last read
                 skipped = self.position - commit.first_position
+                # A commit that continues exactly where the follower stands: no commit before it
+                # was lost, so the resync timer starts over.
+                self._synced_at = time.monotonic()
                 return Batch(
                     self.position,
                     commit.messages[skipped:],
@@ -153,15 +157,19 @@ class _Follow:
         return None
 
     def _read_now(self, position: int | None) -> Batch:
-        self._last_read = time.monotonic()
+        self._synced_at = time.monotonic()
         return self._read(position)
 
     def _wait_time(self, deadline: float) -> float:
-        """How long to wait for news before the deadline, or before the hub's resync."""
+        """How long to wait for news before the deadline, or before the hub's resync.
+
+        A hub that may lose commits can lose one unnoticed only when no commit follows it (a
+        later one shows the gap): so a follower reads the store once it heard nothing for the
+        resync interval, and a follower kept busy by the hub never does."""
         remaining = deadline - time.monotonic()
         interval = self.hub.resync_interval
         if interval is not None:
-            remaining = min(remaining, self._last_read + interval - time.monotonic())
+            remaining = min(remaining, self._synced_at + interval - time.monotonic())
         return max(remaining, 0.0)
 
     def _timed_out(self, deadline: float) -> bool:
