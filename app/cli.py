@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import create_app, runtime_of
 from .config import instance_path_from
+from .core.errors import RunstreamError
 from .db import migrations
 from .db.engine import DatabaseUnavailable, is_sqlite, is_sqlite_url
 from .runs.auth import SECRET_KEY_FILE, is_loopback
@@ -31,6 +32,8 @@ def open_app(config: Mapping[str, Any] | None) -> Flask:
         return create_app(config)
     except DatabaseUnavailable as error:
         raise Fatal(str(error)) from error
+    except RunstreamError as error:  # the database stayed busy (or read-only) while migrating
+        raise Fatal(f"cannot set up the database: {error.message}") from error
     except SQLAlchemyError as error:  # the store opened, but creating the schema failed
         reason = error.orig if isinstance(error, DBAPIError) else error
         raise Fatal(f"cannot set up the database: {' '.join(str(reason).split())}") from error

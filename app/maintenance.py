@@ -8,6 +8,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from .core.errors import Busy
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def start(runtime: Runtime) -> threading.Event:
         while not stop.is_set():
             try:
                 run_once(runtime)
+            except Busy as busy:  # the database is busy or read-only: no fault of the code
+                log.warning("maintenance skipped (%s); trying again in the next interval", busy)
             except Exception:  # keep the housekeeping alive through a passing database error
                 log.exception("maintenance failed; trying again in the next interval")
             stop.wait(runtime.settings.maintenance_interval)

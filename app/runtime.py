@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from .config import Settings
 from .core.hub import Hub
 from .core.store import Store
+from .db.engine import close_engine
 from .runs.auth import Auth
 from .runs.run_streams import RunStreams
 from .runs.runs import Runs
@@ -48,10 +49,13 @@ class Runtime:
                 self._maintenance = maintenance.start(self)
 
     def close(self) -> None:
+        """Stop cleanly: housekeeping, the hub, then the database, whose SQLite WAL is
+        checkpointed into the database file (:func:`~.db.engine.close_engine`). ``runstream
+        serve`` calls it as its worker exits (SIGTERM, Ctrl-C)."""
         if self._maintenance is not None:
             self._maintenance.set()
         self.hub.close()
-        self.engine.dispose()
+        close_engine(self.engine)
 
 
 def runtime_of(app: Flask) -> Runtime:

@@ -19,6 +19,9 @@ a busy port fails at once with one clear line, and ``--port 0`` knows its port b
 where it serves. On SQLite, the command also holds :func:`lock_instance_folder` for the server's
 whole life: a second server of the same instance folder refuses to start.
 
+A clean stop (SIGTERM, Ctrl-C) closes each worker's :class:`~.runtime.Runtime` as the worker
+exits, which checkpoints an SQLite WAL into the database file (``worker_exit``).
+
 Slow clients cost a socket, not a worker: a request's line and headers must arrive within
 ``RUNSTREAM_HEADER_TIMEOUT`` seconds (gunicorn's keep-alive timeout, which its gevent worker
 applies to every request's head), and its body within ``RUNSTREAM_BODY_TIMEOUT``
@@ -35,13 +38,16 @@ import resource
 import socket
 import sys
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from flask import Flask
 from gevent import monkey
 from gevent import socket as gevent_socket
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 LOCK_FILE = "server.lock"
 BACKLOG = 2048
@@ -196,12 +202,14 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
         self.options = dict(options)
         self.demo_url = demo_url
         self.instance_lock = instance_lock
+        self.runtime: Runtime | None = None
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
         self.cfg.set("post_fork", self.post_fork)
+        self.cfg.set("worker_exit", self.worker_exit)
 
     def post_fork(self, _arbiter: Any, worker: Any) -> None:
         # Only the arbiter, the server's lasting process, keeps the instance folder's lock open.
@@ -212,11 +220,18 @@ class RunstreamServer(BaseApplication):  # type: ignore[misc]
         if worker.age > 1:
             self.demo_url = None
 
+    def worker_exit(self, _arbiter: Any, _worker: Any) -> None:
+        """In the worker, once it stopped serving: close its runtime, so that the database is
+        left whole (an SQLite WAL checkpointed into the file), not as a crash leaves it."""
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
     def load(self) -> Flask:
         from . import create_app, runtime_of
 
         app = create_app(self.app_config)
-        runtime = runtime_of(app)
+        runtime = self.runtime = runtime_of(app)
         runtime.start_maintenance()
         if self.demo_url is not None:
             from . import demo

@@ -63,7 +63,7 @@ from reactpy.core.serve import serve_layout
 from reactpy.core.types import RootComponentConstructor, VdomDict
 
 from runstream.event_loop import process_loop
-from runstream.wire import CLOSE_UNAUTHENTICATED
+from runstream.wire import CLOSE_INVALID, CLOSE_UNAUTHENTICATED
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -178,11 +178,49 @@ def close(ws: Any, code: int, reason: str) -> None:
     close before simple-websocket's reader does, each side would wait for the other to end the
     connection. Told of the end, the browser answers and ends it.
     """
-    from flask_sock import ConnectionClosed
-
-    with contextlib.suppress(ConnectionClosed, OSError):
+    with contextlib.suppress(*connection_gone()):
         ws.close(reason=code, message=reason)
         ws.sock.shutdown(socket.SHUT_WR)
+
+
+def connection_gone() -> tuple[type[Exception], ...]:
+    """What a send (or a close) raises once the browser has gone, however the handler learns of
+    it: a closed connection; the socket that the reader closed (EBADF) or the browser reset; or,
+    under threads, wsproto refusing a message in the moment between taking the browser's close
+    frame and simple-websocket marking the connection closed. Each ends the view quietly, as a
+    closed connection does. (Imported here: Flask's websocket stack is :func:`mount`'s alone.)"""
+    from flask_sock import ConnectionClosed
+    from wsproto.utilities import LocalProtocolError
+
+    return (ConnectionClosed, OSError, LocalProtocolError)
+
+
+class NotAnEvent(Exception):
+    """A browser's message that is no ReactPy event; the view is closed with 4400 and this
+    reason."""
+
+
+def event_of(message: str | bytes) -> dict[str, Any]:
+    """A browser's message as the ReactPy event it must be: a text message of
+    ``{"type": "layout-event", "target": <str>, "data": <list>}`` (ReactPy's client sends no
+    other). Anything else would fail inside the view, whose error would end it with no reason
+    said to the browser."""
+    if isinstance(message, bytes):
+        raise NotAnEvent("a view's messages are text: this one is binary")
+    try:
+        event = json.loads(message)
+    except ValueError:
+        raise NotAnEvent("a view's messages are JSON: this one is not") from None
+    if (
+        not isinstance(event, dict)
+        or event.get("type") != "layout-event"
+        or not isinstance(event.get("target"), str)
+        or not isinstance(event.get("data"), list)
+    ):
+        raise NotAnEvent(
+            'a view\'s messages are {"type": "layout-event", "target": <str>, "data": <list>}'
+        )
+    return event
 
 
 class HookStackPerView(ThreadLocal[list[LifeCycleHook]]):
@@ -206,25 +244,29 @@ class View:
         # sends); a deque's append and popleft are safe across threads.
         self._outbox: deque[str] = deque()
         self._fell_behind = False
+        self._refused: str | None = None  # why the browser's message was refused
         self._ended = threading.Event()
         self._task: asyncio.Task[None] | None = None
 
     def serve(self, layout: Layout) -> None:
         """Run the view until its browser goes away (or the view ends); return once its task
         has ended."""
-        from flask_sock import ConnectionClosed
-
+        ended_by: tuple[type[Exception], ...] = (*connection_gone(), ValueError)
         # The view's task runs in a copy of this thread's context: the request's, and the app's.
         self._loop.call_soon_threadsafe(self._start, layout)
         try:
             self._carry_messages()
-        except (ConnectionClosed, OSError, ValueError):
-            pass  # the browser went away, or sent something that is no ReactPy message
+        except NotAnEvent as refusal:
+            self._refused = str(refusal)
+        except ended_by:
+            pass  # the browser went away
         finally:
             # Callbacks run in the order they were scheduled: the task exists by then.
             self._loop.call_soon_threadsafe(self._cancel)
             self._ended.wait(VIEW_SHUTDOWN_SECONDS)
-        if self._fell_behind:
+        if self._refused is not None:
+            close(self._ws, CLOSE_INVALID, self._refused)
+        elif self._fell_behind:
             close(self._ws, CLOSE_FELL_BEHIND, "the page fell too far behind")
 
     def _carry_messages(self) -> None:
@@ -241,7 +283,7 @@ class View:
             ws.event.wait()
             ws.event.clear()
             while (message := ws.receive(timeout=0)) is not None:
-                self._loop.call_soon_threadsafe(self._incoming.put_nowait, json.loads(message))
+                self._loop.call_soon_threadsafe(self._incoming.put_nowait, event_of(message))
             while self._outbox and not self._ended.is_set():
                 ws.send(self._outbox.popleft())
 

@@ -7,17 +7,36 @@ driver is put in autocommit mode and Runstream issues ``BEGIN`` itself: ``BEGIN 
 write transactions, which takes the write lock up front, and a plain ``BEGIN`` for reads, which
 gives them one consistent snapshot.
 
+A database that is busy answers within a bounded time, never a hang or a 500. A write waits at
+most :data:`BUSY_TIMEOUT_SECONDS` for the write lock (held by another writer of this process, or
+by another process: ``runstream purge``, a backup, an ``sqlite3`` shell) and is then refused as
+:class:`~..core.errors.Busy` (503 with ``Retry-After``); on PostgreSQL ``lock_timeout`` bounds
+each wait for a row lock the same way. SQLite's own busy handler is off (``busy_timeout=0``): it
+sleeps inside the C library, which under gevent stops every greenlet of the process, the readers
+with it. Instead a writer retries ``BEGIN IMMEDIATE`` with short sleeps, which gevent turns into
+cooperative waits, so while a writer waits every read is still served: in WAL mode readers never
+wait for the write lock, and :func:`reading` takes no lock of this process either.
+
 :func:`make_engine` checks the database before it returns: a URL that does not parse, a driver
-that is not installed, a folder or file that cannot be written, or a server that does not answer
-raise :class:`DatabaseUnavailable`, whose message says which, in one line.
+that is not installed, a folder or file that cannot be written (or a database that opens only
+for reading), or a server that does not answer raise :class:`DatabaseUnavailable`, whose message
+says which, in one line. A database that turns read-only while the server runs refuses writes as
+:class:`DatabaseReadOnly` (503), with the message saying so.
+
+An SQLite file is created readable by its owner only (0600), as is the secret key beside it;
+SQLite gives its ``-wal`` and ``-shm`` files the mode of the database. :func:`close_engine`
+checkpoints the WAL into the database on a clean stop, so that the database is one whole file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -29,40 +48,176 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..core.errors import Busy
 
+log = logging.getLogger(__name__)
+
 WRITE_OPTION = "runstream_write"
+# When a write transaction that is waiting for SQLite's write lock gives up (time.monotonic()).
+_DEADLINE_OPTION = "runstream_write_deadline"
+# How long a write waits for the database's write lock before it is refused with 503 and
+# Retry-After: long enough for any transaction of Runstream's own (milliseconds), short enough
+# that a client hears back well within its own timeout. (A candidate for a setting:
+# RUNSTREAM_DATABASE_BUSY_TIMEOUT.)
+BUSY_TIMEOUT_SECONDS = 5.0
+# How long starting up (the write check, the migrations) waits for the write lock: a server
+# that starts while another finishes its migrations waits for them rather than failing.
+STARTUP_BUSY_TIMEOUT_SECONDS = 30.0
+# The sleeps between two attempts at SQLite's write lock: short at first, since most waits are
+# for a transaction of a few milliseconds.
+_FIRST_RETRY_SECONDS = 0.002
+_LONGEST_RETRY_SECONDS = 0.05
+# How long a clean stop tries to checkpoint the WAL while a straggling reader still uses it.
+CHECKPOINT_SECONDS = 2.0
+_BUSY_OPTION = "runstream_busy_timeout"
+# SQLite's primary result codes (an extended code's low byte): the lock is held elsewhere, and
+# the database can only be read.
+_SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_READONLY = 8
+# PostgreSQL's SQLSTATEs: lock_timeout expired, and a write in a read-only transaction.
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+_PG_READ_ONLY = "25006"
 # How long a PostgreSQL connection attempt may take, unless the URL says (connect_timeout=...).
 CONNECT_TIMEOUT_SECONDS = 10
 POSTGRES_EXTRA = "pip install 'runstream[postgres]'"
 # How long a request waits for a free database connection before it is refused with 503.
 POOL_TIMEOUT_SECONDS = 5.0
 
-# SQLite has one writer at a time. Writers of this process queue on a lock (one per engine)
-# rather than in SQLite's busy handler, which sleeps and retries: the lock hands over at once.
+# SQLite has one writer at a time. Writers of this process queue on a lock (one per engine),
+# for at most the busy timeout, rather than in SQLite's busy handler, which sleeps and retries:
+# the lock hands over at once. Readers never take it.
 _sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
+class DatabaseReadOnly(Busy):
+    """The database refused a write because it can only be read (its file, folder or disk turned
+    read-only, or a PostgreSQL standby): a 503, as the server cannot store anything until its
+    operator makes the database writable again; the request itself was fine."""
+
+
 @contextlib.contextmanager
-def writing(engine: Engine) -> Iterator[Connection]:
+def writing(engine: Engine, *, wait: float | None = None) -> Iterator[Connection]:
     """A write transaction: committed when the block ends, rolled back if it raises.
 
-    On PostgreSQL, rows are locked by the statements themselves (``SELECT ... FOR UPDATE``).
+    It waits at most ``wait`` seconds (by default the engine's busy timeout,
+    :data:`BUSY_TIMEOUT_SECONDS`) for the database's write lock, and is refused as
+    :class:`Busy` past that: on SQLite for this process's other writers, then for the lock
+    itself; on PostgreSQL, where rows are locked by the statements themselves (``SELECT ... FOR
+    UPDATE``), for each lock (``lock_timeout``).
     """
-    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if is_sqlite(engine):
-        with _locks_guard:
-            lock = _sqlite_write_locks.setdefault(engine, threading.Lock())
-    with lock, connected(engine) as conn:
-        conn.execution_options(**{WRITE_OPTION: True})
-        with conn.begin():
-            yield conn
+    timeout = busy_timeout(engine) if wait is None else wait
+    deadline = time.monotonic() + timeout
+    with _refusals(timeout):
+        if is_sqlite(engine):
+            with _sqlite_write_lock(engine, timeout), connected(engine) as conn:
+                conn.execution_options(**{WRITE_OPTION: True, _DEADLINE_OPTION: deadline})
+                with conn.begin():
+                    yield conn
+        else:
+            with connected(engine) as conn, conn.begin():
+                if wait is not None and engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_milliseconds(wait)}")
+                yield conn
 
 
 @contextlib.contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A read transaction: one consistent snapshot of the database."""
-    with connected(engine) as conn, conn.begin():
+    """A read transaction: one consistent snapshot of the database.
+
+    It takes no lock of this process and never waits for the write lock: in WAL mode SQLite's
+    readers read the last commit while a writer writes."""
+    with _refusals(busy_timeout(engine)), connected(engine) as conn, conn.begin():
         yield conn
+
+
+def busy_timeout(engine: Engine) -> float:
+    """How long a write on ``engine`` waits for the write lock (set by :func:`make_engine`)."""
+    value = engine.get_execution_options().get(_BUSY_OPTION, BUSY_TIMEOUT_SECONDS)
+    return float(value)
+
+
+@contextlib.contextmanager
+def _sqlite_write_lock(engine: Engine, timeout: float) -> Iterator[None]:
+    """Hold the in-process lock of ``engine``'s writers, waiting at most ``timeout`` seconds."""
+    with _locks_guard:
+        lock = _sqlite_write_locks.setdefault(engine, threading.Lock())
+    if not lock.acquire(timeout=max(timeout, 0.0)):
+        raise Busy(_busy_message(timeout))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _refusals(timeout: float) -> Iterator[None]:
+    """Turn the database's "busy" and "read-only" errors into refusals (503), not 500s."""
+    try:
+        yield
+    except (DBAPIError, sqlite3.Error) as error:
+        # A wait for SQLite's write lock gives up with the driver's own error (_begin_immediate).
+        kind = _error_kind(error.orig if isinstance(error, DBAPIError) else error)
+        if kind == "busy":
+            raise Busy(_busy_message(timeout)) from error
+        if kind == "read-only":
+            raise DatabaseReadOnly(
+                "the database can only be read now (its file, folder or disk is read-only): "
+                "nothing was stored; try again once the server's operator made it writable"
+            ) from error
+        raise
+
+
+def _error_kind(error: BaseException | None) -> str | None:
+    """Which refusal a database driver's error is: "busy", "read-only", or None (another)."""
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is None:  # no code: tell by the message, as SQLite words it
+            text = str(error)
+            return "busy" if "locked" in text else "read-only" if "readonly" in text else None
+        if code & 0xFF in _SQLITE_BUSY_CODES:
+            return "busy"
+        return "read-only" if code & 0xFF == _SQLITE_READONLY else None
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate == _PG_LOCK_NOT_AVAILABLE:
+        return "busy"
+    return "read-only" if sqlstate == _PG_READ_ONLY else None
+
+
+def _busy_message(timeout: float) -> str:
+    return (
+        f"the database is busy: another writer held its write lock for {timeout:g} seconds; "
+        "nothing was stored, try again in a few seconds"
+    )
+
+
+def _milliseconds(seconds: float) -> int:
+    """``seconds`` for PostgreSQL's timeouts, where 0 means no limit: at least 1 ms."""
+    return max(1, round(seconds * 1000))
+
+
+def close_engine(engine: Engine) -> None:
+    """Close the engine's connections after a clean stop; on SQLite first checkpoint the WAL into
+    the database and empty it (``wal_checkpoint(TRUNCATE)``), so that what is stored is in the
+    database file alone: a copy of that file is a whole backup, and the next start replays
+    nothing. A checkpoint that cannot finish (another process still reads) leaves the WAL for
+    SQLite to apply later: nothing is lost either way."""
+    try:
+        if is_sqlite(engine) and engine.url.database not in {None, "", ":memory:"}:
+            _checkpoint(engine)
+    finally:
+        engine.dispose()
+
+
+def _checkpoint(engine: Engine) -> None:
+    deadline = time.monotonic() + CHECKPOINT_SECONDS
+    try:
+        with engine.connect() as conn:
+            while True:
+                row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+                if row is None or not row[0] or time.monotonic() >= deadline:
+                    return
+                time.sleep(_LONGEST_RETRY_SECONDS)  # a reader or writer is still at work
+    except DBAPIError as error:
+        log.warning("could not checkpoint the SQLite WAL: %s", " ".join(str(error.orig).split()))
 
 
 def connected(engine: Engine) -> Connection:
@@ -114,13 +269,15 @@ def make_engine(
     sqlite_synchronous: str = "NORMAL",
     pool_connections: int | None = None,
     pool_timeout: float = POOL_TIMEOUT_SECONDS,
+    busy_timeout: float = BUSY_TIMEOUT_SECONDS,
 ) -> Engine:
     """Create the engine for ``database_url``, creating an SQLite file's folder if needed,
     and connect once: :class:`DatabaseUnavailable` says why the database cannot be used.
 
     The pool holds at most ``pool_connections`` connections (by default 100 for SQLite, 50 for
     PostgreSQL; a request holds one only for a transaction, never across a wait); a request
-    that finds none free within ``pool_timeout`` seconds is refused as :class:`Busy`."""
+    that finds none free within ``pool_timeout`` seconds is refused as :class:`Busy`, as is a
+    write that waits ``busy_timeout`` seconds for the database's write lock."""
     url = parse_database_url(database_url)
     sqlite = url.get_backend_name() == "sqlite"
     try:
@@ -129,8 +286,9 @@ def make_engine(
             engine = create_engine(url, **_pool(pool_connections or 100, pool_timeout))
             _configure_sqlite(engine, sqlite_synchronous)
         else:
+            postgresql = url.get_backend_name() == "postgresql"
             connect_args: dict[str, Any] = {}
-            if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            if postgresql and "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
             engine = create_engine(
                 url,
@@ -138,6 +296,8 @@ def make_engine(
                 pool_pre_ping=True,
                 connect_args=connect_args,
             )
+            if postgresql:
+                _configure_postgresql(engine, busy_timeout)
     except NoSuchModuleError:
         raise DatabaseUnavailable(
             f"{url.drivername}:// is not a database Runstream can use: use SQLite "
@@ -151,7 +311,9 @@ def make_engine(
         raise DatabaseUnavailable(
             f"the driver of {url.drivername}:// is not installed ({error})"
         ) from error
+    engine.update_execution_options(**{_BUSY_OPTION: busy_timeout})
     _check_connection(engine, sqlite=sqlite)
+    _check_writable(engine)
     return engine
 
 
@@ -183,6 +345,23 @@ def _prepare_sqlite_file(url: URL) -> None:
         )
     if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
         raise DatabaseUnavailable(f"cannot write the SQLite database {path}: permission denied")
+    _create_private(path)
+
+
+def _create_private(path: str) -> None:
+    """Create the SQLite file, empty (which SQLite takes for a new database), readable and
+    writable by its owner only: it holds every stream, as sensitive as the secret key beside it.
+    SQLite creates its -wal and -shm files with the database file's mode. An existing file
+    keeps the mode its owner gave it."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise DatabaseUnavailable(
+            f"cannot create the SQLite database {path}: {error.strerror}"
+        ) from error
+    os.close(descriptor)
 
 
 def _check_connection(engine: Engine, *, sqlite: bool) -> None:
@@ -198,6 +377,45 @@ def _check_connection(engine: Engine, *, sqlite: bool) -> None:
         raise DatabaseUnavailable(f"cannot open the database {shown}: {reason}") from error
 
 
+def _check_writable(engine: Engine) -> None:
+    """Refuse a database that opens only for reading: Runstream writes on every append, run
+    and heartbeat, and on its own for housekeeping, so such a server could only answer 503s.
+
+    SQLite opens a file it may not write read-only, silently (a read-only disk, file or -wal,
+    an immutable file, a ``mode=ro`` URL); so the check writes, in a transaction it rolls back:
+    nothing changes. PostgreSQL says whether its transactions are read-only (a standby)."""
+    sqlite = is_sqlite(engine)
+    if sqlite and engine.url.database in {None, "", ":memory:"}:
+        return
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with writing(engine, wait=STARTUP_BUSY_TIMEOUT_SECONDS) as conn:
+            if sqlite:
+                version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+                conn.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
+            elif engine.dialect.name == "postgresql" and (
+                conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+            ):
+                raise DatabaseReadOnly("read-only transactions")
+            conn.rollback()
+    except DatabaseReadOnly as error:
+        engine.dispose()
+        where = (
+            "make the file, its -wal and -shm files and its folder writable by this user"
+            if sqlite
+            else "point RUNSTREAM_DATABASE_URL at the primary, not a standby"
+        )
+        raise DatabaseUnavailable(
+            f"the database {shown} can only be read, and Runstream writes to it: {where}"
+        ) from error
+    except Busy as error:
+        engine.dispose()
+        raise DatabaseUnavailable(
+            f"the database {shown} is busy: another process held its write lock for "
+            f"{STARTUP_BUSY_TIMEOUT_SECONDS:g} seconds"
+        ) from error
+
+
 def hide_password(text: str) -> str:
     """``text`` with the password of any URL in it masked: as it may be logged or shown."""
     return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", text)
@@ -208,15 +426,49 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # No busy handler: see the module's documentation; writers wait in _begin_immediate.
+        cursor.execute("PRAGMA busy_timeout=0")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
-        if connection.get_execution_options().get(WRITE_OPTION):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        if options.get(WRITE_OPTION):
+            deadline = options.get(_DEADLINE_OPTION)
+            if deadline is None:
+                deadline = time.monotonic() + busy_timeout(engine)
+            _begin_immediate(connection.connection.driver_connection, float(deadline))
         else:
             connection.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(dbapi_connection: Any, deadline: float) -> None:
+    """Take SQLite's write lock, retrying until ``deadline`` while another process holds it,
+    with sleeps that let the rest of the process (other requests, under gevent) run; then
+    :class:`Busy`."""
+    delay = _FIRST_RETRY_SECONDS
+    while True:
+        try:
+            dbapi_connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            remaining = deadline - time.monotonic()
+            if _error_kind(error) != "busy" or remaining <= 0:
+                raise
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, _LONGEST_RETRY_SECONDS)
+
+
+def _configure_postgresql(engine: Engine, timeout: float) -> None:
+    """Bound every wait for a lock (a row another transaction holds ``FOR UPDATE``, a table a
+    migration holds) to ``timeout``: past it the statement fails as lock_not_available, which
+    :func:`writing` refuses as :class:`Busy`."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {_milliseconds(timeout)}")
+        dbapi_connection.commit()

@@ -7,7 +7,9 @@ publishes what it committed on the hub (:mod:`..hub`), which followers at the ta
 
 Write transactions lock the stream's row (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the
 database-wide write lock, taken up front by ``BEGIN IMMEDIATE`` and queued in-process by a lock so
-that waiting writers hand over in order instead of sleeping in SQLite's busy handler). Holding the
+that waiting writers hand over in order instead of sleeping in SQLite's busy handler). A write that
+waits longer than the busy timeout (:data:`~...db.engine.BUSY_TIMEOUT_SECONDS`) for either is
+refused as :class:`~..errors.Busy`, a 503; reads never wait for it. Holding the
 row lock serializes appends per stream, which is what gives each message its position and what
 the protocol asks of idempotent producers.
 

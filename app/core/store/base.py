@@ -12,6 +12,11 @@ from ...db.engine import reading
 from ..errors import Busy, TooLarge
 from ..hub import Hub
 
+# How long a read of a stream with a sliding TTL waits for the write lock to restart the TTL's
+# window: a read must not wait behind writers; if the lock is not free by then, the window is
+# restarted by the stream's next read or write instead, long before any TTL runs out.
+TOUCH_WAIT_SECONDS = 0.25
+
 
 class StoreBase:
     def __init__(

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, text
 
-from ..engine import is_sqlite, writing
+from ..engine import STARTUP_BUSY_TIMEOUT_SECONDS, is_sqlite, writing
 
 SCRIPT_LOCATION = os.path.dirname(os.path.abspath(__file__))
 # Any constant will do: it names Runstream's migration lock among the database's advisory locks.
@@ -28,7 +28,8 @@ def alembic_config() -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config()
-    with writing(engine) as connection:
+    # Longer than a request's wait: a server that starts while another migrates waits for it.
+    with writing(engine, wait=STARTUP_BUSY_TIMEOUT_SECONDS) as connection:
         if not is_sqlite(engine):
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
