@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .runs.auth import check_secret_key
+
 DEFAULTS: dict[str, Any] = {
     # Where streams are stored. Empty means an SQLite file in the Flask instance folder.
     "DATABASE_URL": "",
@@ -127,7 +129,7 @@ class Settings:
             max_append_bytes=int(_positive_number(config, "MAX_APPEND_BYTES")),
             max_chunk_bytes=int(_positive_number(config, "MAX_CHUNK_BYTES")),
             max_stream_bytes=int(_positive_number(config, "MAX_STREAM_BYTES")),
-            secret_key=str(config["SECRET_KEY"] or ""),
+            secret_key=_secret_key(config["SECRET_KEY"]),
             auth_disabled=_auth_disabled(config["AUTH"]),
             public_token_ttl=str(config["PUBLIC_TOKEN_TTL"]),
             run_stream_retention_seconds=int(
@@ -157,6 +159,21 @@ def _redis_url(value: Any) -> str:
     except ValueError:
         raise ValueError("RUNSTREAM_REDIS_URL has a port that is no number") from None
     return url
+
+
+def _secret_key(value: Any) -> str:
+    """The secret key setting; empty means the instance folder's. A key short enough to be
+    guessed is refused at start, naming the setting, rather than guarding every stream."""
+    key = str(value or "")
+    if key:
+        check_secret_key(
+            key,
+            "RUNSTREAM_SECRET_KEY",
+            "; set a long random one, such as python3 -c 'import secrets; "
+            'print("rs_sk_" + secrets.token_urlsafe(32))\', or unset it to use the key '
+            "Runstream generates in its instance folder",
+        )
+    return key
 
 
 def _auth_disabled(value: Any) -> bool:

@@ -91,7 +91,7 @@ def test_every_error_under_api_is_json_saying_what_is_wrong(
 
 
 def test_a_failure_of_the_server_under_api_is_a_json_500(tmp_path: Path) -> None:
-    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_x"})
+    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_0123456789"})
 
     def broken() -> str:
         raise RuntimeError("a bug")
@@ -117,13 +117,13 @@ def test_a_request_that_finds_every_database_connection_in_use_is_a_503_not_a_ha
     app = create_app(
         {
             "INSTANCE_PATH": str(tmp_path),
-            "SECRET_KEY": "rs_sk_x",
+            "SECRET_KEY": "rs_sk_0123456789",
             "DATABASE_POOL_CONNECTIONS": 1,
             "DATABASE_POOL_TIMEOUT": 0.2,
         }
     )
     client = app.test_client()
-    headers = {"Authorization": "Bearer rs_sk_x"}
+    headers = {"Authorization": "Bearer rs_sk_0123456789"}
     assert client.put("/v1/stream/busy", headers=headers).status_code == 201
 
     # The housekeeping thread, started by the first request, may be using the connection a

@@ -24,7 +24,7 @@ def test_a_database_without_a_free_connection_is_unhealthy(tmp_path: Path) -> No
     app = create_app(
         {
             "INSTANCE_PATH": str(tmp_path),
-            "SECRET_KEY": "rs_sk_x",
+            "SECRET_KEY": "rs_sk_0123456789",
             "DATABASE_POOL_CONNECTIONS": 1,
             "DATABASE_POOL_TIMEOUT": 0.2,
             "MAINTENANCE_INTERVAL": 3600,
@@ -49,7 +49,7 @@ def test_a_hub_that_cannot_reach_redis_is_reported_and_the_server_stays_in(
     app = create_app(
         {
             "INSTANCE_PATH": str(tmp_path),
-            "SECRET_KEY": "rs_sk_x",
+            "SECRET_KEY": "rs_sk_0123456789",
             "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0",  # nothing listens
         }
     )

@@ -48,7 +48,7 @@ Target = tuple[str, str | None]
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
     """A Runstream app on an SQLite file, with its app context pushed for the whole test."""
-    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x"})
+    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_0123456789"})
     with app.app_context():
         yield app
     app.extensions["runstream"].close()

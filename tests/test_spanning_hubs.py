@@ -304,7 +304,9 @@ def test_an_unreachable_service_fails_no_append_and_readers_progress_on_the_time
 def test_a_malformed_redis_url_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
     for url in ["http://127.0.0.1:6379", "redis://127.0.0.1:port/0"]:
         with pytest.raises(ValueError, match="RUNSTREAM_REDIS_URL"):
-            create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x", "REDIS_URL": url})
+            create_app(
+                {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_0123456789", "REDIS_URL": url}
+            )
 
 
 def test_the_app_picks_the_hub_its_settings_call_for(tmp_path: Path) -> None:
@@ -318,7 +320,7 @@ def test_the_app_picks_the_hub_its_settings_call_for(tmp_path: Path) -> None:
         if REDIS_URL:
             choices.append(({"DATABASE_URL": POSTGRES_URL, "REDIS_URL": REDIS_URL}, RedisHub))
     for settings, hub_class in choices:
-        config = {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x", **settings}
+        config = {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_0123456789", **settings}
         runtime = runtime_of(create_app(config))
         assert type(runtime.hub) is hub_class, settings
         runtime.close()

@@ -7,11 +7,17 @@ in-process and wake on the hub: the ``runs`` topic is published whenever a run i
 claimed or ends. The dashboard asks for the secret key once and remembers it in a session
 cookie, unless authentication is disabled (loopback only). Its CSS and script are the package
 ``runstream.static``, served at ``/static``.
+
+The session cookie is the one credential a browser sends by itself, so the dashboard guards
+against other sites using it (:mod:`.guards`): the cookie is ``SameSite=Lax`` and
+``HttpOnly`` (and ``Secure`` over https), and the sign-in, the sign-out and the pages'
+websockets refuse requests that another site's page makes.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
+from urllib.parse import quote
 
 from flask import Flask, Response, abort, redirect, request, send_from_directory, session
 from flask.typing import ResponseReturnValue
@@ -21,16 +27,25 @@ from runstream.components import mount
 
 from ..core.hub import Commit
 from ..runtime import runtime, runtime_of
+from .guards import DashboardSessions, loopback_only_without_auth, same_origin_only
 from .pages import RUNS_TOPIC, Dashboard
 
 # The dashboard's CSS and script: a folder inside the installed package, wherever that is.
 STATIC_FOLDER = str(files("runstream.static"))
 STATIC_SUFFIXES = (".css", ".js", ".svg", ".ico")
+# The session's mark of a browser signed in with the secret key.
+SIGNED_IN = "dashboard"
 
 
 def init_app(app: Flask) -> None:
     app_runtime = runtime_of(app)
     app.secret_key = app_runtime.auth.derive_key("dashboard sessions")
+    app.session_interface = DashboardSessions()
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    # Every request of the app, whatever server runs it: with authentication disabled, only
+    # this machine may be served.
+    app.before_request(loopback_only_without_auth)
+    app.before_request(same_origin_only)
     app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(Commit.changed(RUNS_TOPIC)))
     mount(
         app,
@@ -47,18 +62,33 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static_file)
     app.add_url_rule("/", endpoint="home", view_func=lambda: redirect("/runs"))
     app.add_url_rule("/login", endpoint="login", view_func=login, methods=["GET", "POST"])
-    app.register_error_handler(401, lambda _error: redirect(f"/login?next={request.path}"))
+    app.add_url_rule("/logout", endpoint="logout", view_func=logout, methods=["POST"])
+    app.register_error_handler(
+        401, lambda _error: redirect(f"/login?next={quote(request.path, safe='/')}")
+    )
 
 
 def static_file(filename: str) -> Response:
-    """A file of the static folder; its package's own module is no asset to serve."""
-    if not filename.endswith(STATIC_SUFFIXES):
+    """A file of the static folder, by its plain name: nothing else reaches the file system.
+
+    Only a name of letters, digits, ``.``, ``_`` and ``-`` with an asset's suffix is looked
+    up, so that ``..``, NUL bytes, folders and names too long for the file system are 404 like
+    any missing file, and the package's own module is no asset to serve."""
+    if not (
+        len(filename) <= 100
+        and filename.endswith(STATIC_SUFFIXES)
+        and not filename.startswith(".")
+        and all(
+            character.isascii() and (character.isalnum() or character in "._-")
+            for character in filename
+        )
+    ):
         abort(404)
     return send_from_directory(STATIC_FOLDER, filename)
 
 
 def signed_in() -> bool:
-    return runtime().auth.disabled or session.get("dashboard") is True
+    return runtime().auth.disabled or session.get(SIGNED_IN) is True
 
 
 def login() -> ResponseReturnValue:
@@ -69,7 +99,8 @@ def login() -> ResponseReturnValue:
         target = "/runs"
     if request.method == "POST":
         if runtime().auth.is_secret_key(request.form.get("secret_key", "").strip()):
-            session["dashboard"] = True
+            session.clear()  # a fresh session: nothing of one from before the sign-in
+            session[SIGNED_IN] = True
             return redirect(target)
         error = "<p class='error'>That is not this server's secret key.</p>"
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -80,3 +111,11 @@ def login() -> ResponseReturnValue:
 <p class="hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
 <code>secret_key</code> file of the server's instance folder.</p></form></body></html>"""
     return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
+
+
+def logout() -> ResponseReturnValue:
+    """Sign out: the session is emptied, and its cookie deleted. A POST (the dashboard's "Sign
+    out" button), checked for its origin like the sign-in, so that no other site can sign the
+    browser out."""
+    session.clear()
+    return redirect("/login")

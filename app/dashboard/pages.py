@@ -39,8 +39,26 @@ def Dashboard() -> VdomDict:
 def Shell(content: VdomDict | ComponentType) -> VdomDict:
     return html.div(
         {"class_name": "shell"},
-        html.nav(html.a({"href": "/runs", "class_name": "brand"}, "Runstream"), " runs"),
+        html.nav(
+            html.a({"href": "/runs", "class_name": "brand"}, "Runstream"),
+            " runs",
+            "" if runtime().auth.disabled else SignOut(),
+        ),
         html.main(content),
+    )
+
+
+def SignOut() -> VdomDict:
+    """The "Sign out" button: a plain form that POSTs to /logout, the browser's own submit
+    (with its Origin header, which the sign-out checks), not an event of the page's view."""
+    return html.form(
+        {
+            "method": "post",
+            "action": "/logout",
+            "class_name": "sign-out",
+            "style": {"margin_left": "auto"},  # at the navigation bar's right end
+        },
+        html.button({"type": "submit"}, "Sign out"),
     )
 
 

@@ -25,8 +25,13 @@ def read_body() -> bytes:
 
 
 def caller() -> Principal:
-    """Who makes the current request; 401 without a valid credential."""
-    return runtime().auth.authenticate(
-        credential_from(request.headers.get("Authorization"), request.args.get("token")),
+    """Who makes the current request; 401 without a valid credential, and 401 for the secret
+    key in the address (``?token=`` is for public access tokens, which browsers' EventSource
+    and websockets can send no other way)."""
+    auth = runtime().auth
+    token_parameter = request.args.get("token")
+    auth.refuse_secret_key_in_address(token_parameter)
+    return auth.authenticate(
+        credential_from(request.headers.get("Authorization"), token_parameter),
         request.remote_addr,
     )

@@ -7,8 +7,10 @@ tokens. It belongs on servers and workers, never in a browser.
 A public access token is a signed JWT that may only read: ``read:runs:<run_id>`` reads one run
 and its streams, ``read:runs`` reads every run. It expires. Browsers get these.
 
-Credentials arrive as ``Authorization: Bearer <credential>``, or as a ``token`` query parameter
-where a client cannot set headers (browser websockets and EventSource).
+Credentials arrive as ``Authorization: Bearer <credential>``. A public access token may also
+come as a ``token`` query parameter, where a client cannot set headers (browser websockets and
+EventSource); the secret key never may: an address is kept in proxies' logs and browsers'
+histories, and a key that may do everything must not be.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -37,6 +40,9 @@ _DURATION = re.compile(r"([1-9][0-9]*)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_TOKEN_LIFETIME = timedelta(days=365)
 ISSUER = "runstream"
+# The shortest secret key accepted: enough that it cannot be guessed. The generated ones are
+# "rs_sk_" and 43 characters of 32 random bytes.
+MIN_SECRET_KEY_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ EVERYONE = Principal(is_secret=True)
 
 class Auth:
     def __init__(self, secret_key: str, *, disabled: bool = False) -> None:
+        check_secret_key(secret_key, "the secret key")
         self.secret_key = secret_key
         self.disabled = disabled
         # Tokens are signed with a key derived from the secret key, never with the key itself.
@@ -101,8 +108,24 @@ class Auth:
         if not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
             raise Invalid("a token must expire after more than 0 seconds and at most 365 days")
         now = utcnow()
-        claims = {"iss": ISSUER, "iat": now, "exp": now + expires_in, "scopes": scopes}
+        # A JWT's times are whole seconds. Rounded down, as PyJWT rounds a datetime, "exp" would
+        # make a one-second token expire anywhere between at once and a second later; rounded
+        # up, a token lives at least as long as asked (and less than a second more).
+        expires = datetime.fromtimestamp(math.ceil((now + expires_in).timestamp()), UTC)
+        claims = {"iss": ISSUER, "iat": now, "exp": expires, "scopes": scopes}
         return jwt.encode(claims, self._token_key, algorithm="HS256")
+
+    def refuse_secret_key_in_address(self, token_parameter: str | None) -> None:
+        """401 when the ``token`` query parameter holds the secret key, whichever credential
+        the request also carries: the key is then in the address, which proxies log and
+        browsers keep in their history, so the request says so rather than working."""
+        if token_parameter and self.is_secret_key(token_parameter.strip()):
+            # First what to do: a websocket's close reason keeps the first 123 bytes only.
+            raise Unauthenticated(
+                "send the secret key as 'Authorization: Bearer <key>', never in the address "
+                "(?token=): proxies and browsers keep addresses. ?token= takes public access "
+                "tokens only"
+            )
 
     def authenticate(self, credential: str | None, remote_addr: str | None) -> Principal:
         """The principal a credential stands for; 401 when it is missing or not valid."""
@@ -164,26 +187,56 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+def check_secret_key(key: str, source: str, remedy: str = "") -> None:
+    """Refuse a secret key short enough to be guessed, naming where it came from (``source``)
+    and what to do (``remedy``)."""
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        length = "1 character" if len(key) == 1 else f"{len(key)} characters"
+        raise ValueError(
+            f"{source} is {length} long: a secret key needs at least "
+            f"{MIN_SECRET_KEY_LENGTH} characters{remedy}"
+        )
+
+
 def load_or_create_secret_key(instance_path: str) -> tuple[str, str, bool]:
     """The secret key stored in the instance folder, created on first use.
 
     Returns the key, the file it is in, and whether it was created just now.
+
+    The file appears whole or not at all: the key is written to a file of this process's own,
+    then linked to the key file's name, which fails if another process linked its own first (its
+    key is then the one used). So a file Runstream made is never empty, even for a moment, and
+    an empty one is refused with a clear error: someone emptied it or a copy of it went wrong,
+    and a new key made in its place would quietly be one that no worker holds.
     """
     path = os.path.join(instance_path, SECRET_KEY_FILE)
     try:
         with open(path, encoding="utf-8") as file:
             key = file.read().strip()
-        if key:
-            return key, path, False
     except FileNotFoundError:
         pass
+    else:
+        if not key:
+            raise ValueError(
+                f"the secret key file {path} is empty: delete it to have a new key made, or "
+                "write the server's key in it (or set RUNSTREAM_SECRET_KEY)"
+            )
+        check_secret_key(
+            key,
+            f"the secret key in {path}",
+            "; delete the file to have a new key made, or write a longer one in it",
+        )
+        return key, path, False
     os.makedirs(instance_path, exist_ok=True)
     key = "rs_sk_" + secrets.token_urlsafe(32)
-    # O_EXCL: if another process created the file first, use its key.
+    draft = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(key + "\n")
+        os.link(draft, path)
     except FileExistsError:
-        return load_or_create_secret_key(instance_path)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
+        return load_or_create_secret_key(instance_path)  # another process's key, whole
+    finally:
+        os.unlink(draft)
     return key, path, True
