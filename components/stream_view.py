@@ -22,9 +22,78 @@ from .hook import use_realtime_stream
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False})
 
 
+# Values nested deeper than this are shown on one line: pretty-printing indents by level, and
+# Python's indenting encoder recurses by level (a chunk nested ~980 deep broke every render).
+MAX_PRETTY_DEPTH = 16
+
+
 def chunk_text(chunk: Any) -> str:
-    """Strings as they are; any other JSON value pretty-printed."""
-    return chunk if isinstance(chunk, str) else json.dumps(chunk, indent=2, ensure_ascii=False)
+    """Strings as they are; any other JSON value pretty-printed, or on one line when it is
+    nested deeply. Never raises, whatever the value: one odd chunk must not break the view."""
+    if isinstance(chunk, str):
+        return chunk
+    if _nesting(chunk, MAX_PRETTY_DEPTH) <= MAX_PRETTY_DEPTH:
+        try:
+            return json.dumps(chunk, indent=2, ensure_ascii=False)
+        except (TypeError, ValueError):
+            pass
+    return _one_line(chunk)
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests lists and dicts, counted up to ``limit + 1`` at most.
+    Iterative: it must not recurse on the values it is there to catch."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth) for child in children)
+    return deepest
+
+
+def _one_line(value: Any) -> str:
+    """A JSON value as compact JSON text, built without recursion (the C encoder recurses too,
+    and gives up at Python's recursion limit). What JSON cannot hold is shown as its repr."""
+    parts: list[str] = []
+    # Each entry is a value to write, or a ready piece of text (a bracket, a separator).
+    pending: list[tuple[bool, Any]] = [(False, value)]
+    while pending:
+        is_text, item = pending.pop()
+        if is_text:
+            parts.append(item)
+        elif isinstance(item, list):
+            pending.append((True, "]"))
+            for index in range(len(item) - 1, -1, -1):
+                pending.append((False, item[index]))
+                if index:
+                    pending.append((True, ","))
+            pending.append((True, "["))
+        elif isinstance(item, dict):
+            entries = list(item.items())
+            pending.append((True, "}"))
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                pending.append((False, child))
+                pending.append((True, _scalar(str(key)) + ":"))
+                if index:
+                    pending.append((True, ","))
+            pending.append((True, "{"))
+        else:
+            parts.append(_scalar(item))
+    return "".join(parts)
+
+
+def _scalar(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def render_markdown(text: str) -> VdomDict:

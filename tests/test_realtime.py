@@ -795,7 +795,9 @@ def test_an_expired_token_is_401(server: ServerProcess, written_run: tuple[str, 
     token = Auth(SECRET_KEY).create_public_token(["read:runs"], timedelta(seconds=1))
     with httpx.Client(base_url=server.url, headers=bearer(token), timeout=10) as http:
         assert http.get(f"/api/v1/runs/{run_id}").status_code == 200
-        time.sleep(1.2)
+        # A token's expiry is a whole second, rounded up: a one-second token lives from one
+        # second to just under two. Past two it has expired, whenever in a second it was made.
+        time.sleep(2.1)
         response = http.get(f"/api/v1/runs/{run_id}")
 
     assert response.status_code == 401

@@ -15,10 +15,11 @@ from werkzeug.exceptions import HTTPException
 
 from runstream.identifiers import check_task_id
 
+from ..core import inputs
 from ..core.errors import Invalid
 from ..core.json_messages import parse_strict
 from ..runs.auth import parse_duration
-from ..runs.runs import RunRecord
+from ..runs.runs import MAX_PAGE_SIZE, RunRecord
 from ..runtime import runtime
 from .errors import REFUSALS, answer_for, http_headers, message_of
 from .requests import caller, read_body
@@ -29,9 +30,6 @@ blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(blueprint)
-    # Unknown paths and wrong methods under /api/ never reach the blueprint, and a failure of
-    # the server is handled after it: the application's handlers answer them as JSON too.
-    app.register_error_handler(HTTPException, http_error)
 
 
 def refused(error: Exception) -> tuple[Response, int]:
@@ -44,10 +42,8 @@ for refusal in REFUSALS:
     blueprint.register_error_handler(refusal, refused)
 
 
-def http_error(error: HTTPException) -> Response | HTTPException:
-    """JSON under /api/; elsewhere the error as Flask would answer it."""
-    if not request.path.startswith(PREFIX):
-        return error
+def http_error(error: HTTPException) -> Response:
+    """An HTTP error (an unknown path, a wrong method) under /api/, as JSON."""
     response = jsonify(error=error.description or error.name)
     response.status_code = error.code or 500
     for name, value in error.get_headers():
@@ -81,14 +77,13 @@ def get_run(run_id: str) -> Response:
 def list_runs() -> Response:
     """Runs, newest first. Query: ``status``, ``task``, ``cursor``, ``limit`` (1 to 100)."""
     caller().require_all_runs()
-    limit_text = request.args.get("limit", "20")
-    if not (limit_text.isascii() and limit_text.isdigit()):
-        raise Invalid(f"limit must be a whole number, not {limit_text!r}")
     page = runtime().runs.page(
         status=request.args.get("status") or None,
         task_id=request.args.get("task") or None,
         cursor=request.args.get("cursor") or None,
-        limit=int(limit_text),
+        limit=inputs.whole_number(
+            "limit", request.args.get("limit", "20"), minimum=1, maximum=MAX_PAGE_SIZE
+        ),
     )
     return jsonify(data=[run.to_json() for run in page.runs], next_cursor=page.next_cursor)
 
@@ -101,9 +96,9 @@ def claim() -> Response:
     task_ids = body.get("task_ids")
     if not isinstance(task_ids, list) or not all(isinstance(task, str) for task in task_ids):
         raise Invalid("task_ids must be a list of task ids")
-    limit = body.get("limit", 1)
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise Invalid("limit must be a whole number")
+    limit = inputs.json_whole_number(
+        "limit", body.get("limit", 1), minimum=1, maximum=MAX_PAGE_SIZE
+    )
     claimed = runtime().runs.claim(required_string(body, "worker_id"), task_ids, limit)
     return jsonify(runs=[run.to_json() for run in claimed])
 
@@ -153,7 +148,7 @@ def create_public_token() -> tuple[Response, int]:
     expiration = body.get("expiration", "1h")
     if not isinstance(expiration, str | int) or isinstance(expiration, bool):
         raise Invalid('expiration must be seconds or a duration such as "1h"')
-    token = runtime().auth.create_public_token(scopes, parse_duration(expiration))
+    token = runtime().auth.create_public_token(scopes, inputs.duration("expiration", expiration))
     return jsonify(token=token), 201
 
 

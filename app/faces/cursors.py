@@ -10,7 +10,12 @@ from __future__ import annotations
 import random
 import time
 
+from ..core import inputs
+from ..core.errors import Invalid
+
 EPOCH = 1728432000  # 2024-10-09T00:00:00Z
+# Far past any cursor the clock will reach; a larger echo is not one of ours.
+MAX_CURSOR = 10**15
 INTERVAL_SECONDS = 20
 MAX_JITTER_SECONDS = 3600
 
@@ -21,9 +26,19 @@ def current_interval(now: float | None = None) -> int:
 
 def next_cursor(client_cursor: str | None, now: float | None = None) -> str:
     interval = current_interval(now)
-    if client_cursor is not None and client_cursor.isascii() and client_cursor.isdigit():
-        echoed = int(client_cursor)
-        if echoed >= interval:
-            jitter = random.randint(1, MAX_JITTER_SECONDS)
-            return str(echoed + max(1, jitter // INTERVAL_SECONDS))
+    echoed = _echoed(client_cursor)
+    if echoed is not None and echoed >= interval:
+        jitter = random.randint(1, MAX_JITTER_SECONDS)
+        return str(echoed + max(1, jitter // INTERVAL_SECONDS))
     return str(interval)
+
+
+def _echoed(client_cursor: str | None) -> int | None:
+    """The cursor a client echoed, if it is a number this server could have sent; any other
+    value is ignored, as a cursor is only ever a hint for caches."""
+    if client_cursor is None:
+        return None
+    try:
+        return inputs.whole_number("cursor", client_cursor, maximum=MAX_CURSOR)
+    except Invalid:
+        return None

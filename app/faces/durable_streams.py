@@ -12,14 +12,15 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, request
 
 from runstream.wire import MAX_RUN_CHUNK_BYTES
 
-from ..core import offsets
+from ..core import inputs, offsets
 from ..core.clock import format_timestamp
 from ..core.content_types import DEFAULT, is_json, is_text
 from ..core.errors import Invalid
@@ -33,18 +34,26 @@ from ..core.store import (
     Store,
     StreamInfo,
 )
+from ..core.store.rows import MAX_MESSAGES_PER_APPEND
 from ..runs.run_streams import parse_stream_path
 from ..runtime import runtime
 from . import cursors, live
 from .errors import REFUSALS, answer_for, http_headers, message_of, protocol_headers
 from .requests import caller, read_body
 
-blueprint = Blueprint("protocol", __name__, url_prefix="/v1/stream")
+PREFIX = "/v1/stream/"
+blueprint = Blueprint("protocol", __name__, url_prefix=PREFIX.rstrip("/"))
 
 # Producer-Epoch and Producer-Seq must fit a JavaScript number exactly.
-MAX_SAFE_INTEGER = 2**53 - 1
+MAX_SAFE_INTEGER = inputs.MAX_SAFE_INTEGER
+# A catch-up read (no ``live``) is answered with the whole stream from its offset, up to this
+# many bytes (None: the stream size limit, RUNSTREAM_MAX_STREAM_BYTES, so always the whole
+# stream). Both official clients end a catch-up read after its first response, up to date or
+# not, as the reference server always answers with everything. The body is streamed from the
+# database in pages of about RUNSTREAM_MAX_READ_BYTES, so memory stays bounded whatever the
+# size. (To become the setting RUNSTREAM_MAX_CATCH_UP_READ_BYTES.)
+MAX_CATCH_UP_READ_BYTES: int | None = None
 
-_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 EXPOSED_HEADERS = ", ".join(
     [
@@ -77,6 +86,27 @@ def refused(error: Exception) -> Response:
 
 for refusal in REFUSALS:
     blueprint.register_error_handler(refusal, refused)
+
+
+@blueprint.before_request
+def valid_path() -> None:
+    """Refuse a stream path whose percent-decoding is not UTF-8.
+
+    The WSGI server hands the decoded path's bytes over as latin-1 text, and Werkzeug decodes
+    them as UTF-8 replacing what is not: ``a%FFb``, ``a%FEb`` and ``a%EF%BF%BDb`` would all
+    name the stream ``a\ufffdb``. The path as sent (``RAW_URI``, which gunicorn and Werkzeug
+    set; some servers replace in PATH_INFO already) is checked, and PATH_INFO's bytes too.
+    """
+    environ = request.environ
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    try:
+        unquote_to_bytes(raw.split("?", 1)[0]).decode("utf-8")
+        environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise Invalid(
+            "the stream path is not valid UTF-8 once percent-decoded: percent-encode the "
+            "UTF-8 bytes of each character"
+        ) from None
 
 
 def error_response(status: int, message: str) -> Response:
@@ -159,9 +189,16 @@ def create(store: Store, path: str) -> Response:
     if fork is not None and "Content-Type" not in request.headers:
         content_type = inherited_content_type(store, fork)
     body = read_body()
-    messages = parse_messages(content_type, body, allow_empty_batch=True) if body else []
-    retention = None
     run_stream = parse_stream_path(path)
+    max_message_bytes = MAX_RUN_CHUNK_BYTES if run_stream is not None else None
+    messages = (
+        parse_messages(
+            content_type, body, allow_empty_batch=True, max_message_bytes=max_message_bytes
+        )
+        if body
+        else []
+    )
+    retention = None
     if run_stream is not None:
         runtime().run_streams.check_new_stream(*run_stream, content_type=content_type)
         retention = runtime().settings.run_stream_retention_seconds
@@ -175,7 +212,7 @@ def create(store: Store, path: str) -> Response:
             retention_seconds=retention,
             closed=header_is_true("Stream-Closed"),
             fork=fork,
-            max_message_bytes=MAX_RUN_CHUNK_BYTES if run_stream is not None else None,
+            max_message_bytes=max_message_bytes,
         ),
     )
     info = result.stream
@@ -207,10 +244,19 @@ def append(store: Store, path: str) -> Response:
     if body and not content_type:
         raise Invalid("Content-Type is required when appending data")
     claim = parse_producer()
-    messages = (
-        parse_messages(content_type or DEFAULT, body, allow_empty_batch=False) if body else []
-    )
     run_stream = parse_stream_path(path)
+    # A run stream's chunk must fit a websocket reader's frame.
+    max_message_bytes = MAX_RUN_CHUNK_BYTES if run_stream is not None else None
+    messages = (
+        parse_messages(
+            content_type or DEFAULT,
+            body,
+            allow_empty_batch=False,
+            max_message_bytes=max_message_bytes,
+        )
+        if body
+        else []
+    )
     # A run's stream is created by its first write (and not by one that is refused).
     creation = runtime().run_streams.creation(*run_stream) if run_stream is not None else None
     result = store.append(
@@ -222,8 +268,7 @@ def append(store: Store, path: str) -> Response:
             stream_seq=request.headers.get("Stream-Seq"),
             close=close,
             create_if_missing=creation,
-            # A run stream's chunk must fit a websocket reader's frame.
-            max_message_bytes=MAX_RUN_CHUNK_BYTES if run_stream is not None else None,
+            max_message_bytes=max_message_bytes,
         ),
     )
     info = result.stream
@@ -260,16 +305,15 @@ def read(store: Store, path: str) -> Response:
         raise Invalid(f"live={live} needs an offset: -1, now, or a Stream-Next-Offset value")
     position = parse_read_offset(given[0] if given else offsets.START)
     settings = runtime().settings
+    if live is None:
+        return catch_up(store, path, position)
     reading = StreamReading(store, path, settings.max_read_bytes)
     if live == "sse":
         return sse(reading, sse_position(position))
-    if live == "long-poll":
-        batch = long_poll(reading, position, settings.long_poll_timeout)
-    else:
-        batch = reading.read(position)
+    batch = long_poll(reading, position, settings.long_poll_timeout)
     info = reading.info
 
-    if live == "long-poll" and not batch.messages:
+    if not batch.messages:
         response = empty_response(204)
         stream_headers(response, batch.next_position, closed=batch.closed)
         response.headers["Stream-Up-To-Date"] = "true"
@@ -283,23 +327,71 @@ def read(store: Store, path: str) -> Response:
     stream_headers(response, batch.next_position, closed=batch.reached_end)
     if batch.up_to_date:
         response.headers["Stream-Up-To-Date"] = "true"
-    if live == "long-poll":
-        response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
+    response.headers["Stream-Cursor"] = cursors.next_cursor(request.args.get("cursor"))
     if position is None:
         response.headers["Cache-Control"] = "no-store"
         return response
+    return cacheable(response, f'"{info.id}:{position}:{batch.next_position}', batch.reached_end)
 
-    start = position
-    etag = f'"{info.id}:{start}:{batch.next_position}{":c" if batch.reached_end else ""}"'
+
+def cacheable(response: Response, etag_start: str, reached_end: bool) -> Response:
+    """A read from an explicit offset can be cached: tag it, and answer 304 to a client that
+    holds the same answer already."""
+    etag = f'{etag_start}{":c" if reached_end else ""}"'
     response.headers["ETag"] = etag
     response.headers["Cache-Control"] = "private, max-age=60, stale-while-revalidate=300"
     if request.if_none_match.contains_raw(etag):
         not_modified = empty_response(304)
         not_modified.headers["ETag"] = etag
         not_modified.headers["Cache-Control"] = response.headers["Cache-Control"]
-        stream_headers(not_modified, batch.next_position, closed=batch.reached_end)
+        not_modified.headers["Stream-Next-Offset"] = response.headers["Stream-Next-Offset"]
+        if reached_end:
+            not_modified.headers["Stream-Closed"] = "true"
         return not_modified
     return response
+
+
+def catch_up(store: Store, path: str, position: int | None) -> Response:
+    """A read without ``live``: everything from ``position`` on (up to
+    :data:`MAX_CATCH_UP_READ_BYTES`), streamed.
+
+    Which messages the response holds is decided first, from the stored sizes alone, so that
+    its headers (next offset, up to date, ETag, length) are known before the body; the body is
+    then read page by page, each page in its own short transaction, and never held whole.
+    """
+    settings = runtime().settings
+    limit = MAX_CATCH_UP_READ_BYTES or settings.max_stream_bytes
+    plan = store.plan_read(path, position, max_bytes=max(limit, settings.max_read_bytes))
+    info = plan.stream
+    pages = store.pages(plan, page_bytes=settings.max_read_bytes)
+    if info.is_json:
+        body: Iterable[bytes] = json_array_body(pages)
+        length = plan.size + 2 + max(0, plan.end - plan.start - 1)
+    else:
+        body = (b"".join(page) for page in pages)
+        length = plan.size
+    response = Response(body, status=200, content_type=info.content_type)
+    # The length lets a client tell a complete body from one cut short (by a stream deleted
+    # while its body was being sent).
+    response.headers["Content-Length"] = str(length)
+    stream_headers(response, plan.end, closed=plan.reached_end)
+    if plan.up_to_date:
+        response.headers["Stream-Up-To-Date"] = "true"
+    if position is None:
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return cacheable(response, f'"{info.id}:{plan.start}:{plan.end}', plan.reached_end)
+
+
+def json_array_body(pages: Iterator[list[bytes]]) -> Iterator[bytes]:
+    """Pages of JSON messages as the one JSON array a JSON stream's read answers."""
+    yield b"["
+    first = True
+    for page in pages:
+        if page:
+            yield (b"" if first else b",") + b",".join(page)
+            first = False
+    yield b"]"
 
 
 class StreamReading:
@@ -476,10 +568,17 @@ def parse_read_offset(offset: str) -> int | None:
     return offsets.decode(offset)
 
 
-def parse_messages(content_type: str, body: bytes, *, allow_empty_batch: bool) -> list[bytes]:
+def parse_messages(
+    content_type: str, body: bytes, *, allow_empty_batch: bool, max_message_bytes: int | None = None
+) -> list[bytes]:
+    """A body's messages: a JSON body's values, or a byte body in pieces of at most a message's
+    size, so that a byte body is limited only by the request body limit (clients merge
+    concurrent appends into one body, as the official TypeScript client does). The pieces are
+    messages like any other: read back, they are the body's bytes in order."""
     if not is_json(content_type):
-        return [body]
-    messages = split_messages(body)
+        piece = min(runtime().settings.max_chunk_bytes, max_message_bytes or len(body) or 1)
+        return [body[start : start + piece] for start in range(0, len(body), piece)] or [body]
+    messages = split_messages(body, max_messages=MAX_MESSAGES_PER_APPEND)
     if not messages and not allow_empty_batch:
         raise Invalid("an empty JSON array appends nothing; send at least one message")
     return messages
@@ -492,11 +591,7 @@ def parse_expiry() -> tuple[int | None, datetime | None]:
         raise Invalid("send Stream-TTL or Stream-Expires-At, not both")
     ttl = None
     if ttl_header is not None:
-        if not _DECIMAL.fullmatch(ttl_header):
-            raise Invalid(
-                f"Stream-TTL must be a whole number of seconds such as 3600, not {ttl_header!r}"
-            )
-        ttl = int(ttl_header)
+        ttl = inputs.whole_number("Stream-TTL (seconds)", ttl_header, canonical=True)
     expires_at = parse_time(expires_header) if expires_header is not None else None
     return ttl, expires_at
 
@@ -533,9 +628,7 @@ def parse_producer() -> ProducerClaim | None:
 
 
 def parse_counter(name: str, value: str) -> int:
-    if not _DECIMAL.fullmatch(value) or int(value) > MAX_SAFE_INTEGER:
-        raise Invalid(f"{name} must be an integer from 0 to {MAX_SAFE_INTEGER}, not {value!r}")
-    return int(value)
+    return inputs.whole_number(name, value, maximum=MAX_SAFE_INTEGER, canonical=True)
 
 
 def parse_fork() -> ForkRequest | None:
@@ -544,13 +637,13 @@ def parse_fork() -> ForkRequest | None:
         if "Stream-Fork-Offset" in request.headers or "Stream-Fork-Sub-Offset" in request.headers:
             raise Invalid("Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
         return None
-    sub_offset = request.headers.get("Stream-Fork-Sub-Offset", "0")
-    if not _DECIMAL.fullmatch(sub_offset):
-        raise Invalid(f"Stream-Fork-Sub-Offset must be a non-negative integer, not {sub_offset!r}")
+    sub_offset = inputs.whole_number(
+        "Stream-Fork-Sub-Offset", request.headers.get("Stream-Fork-Sub-Offset", "0"), canonical=True
+    )
     offset = request.headers.get("Stream-Fork-Offset")
     if offset is not None and offset not in (offsets.START, offsets.NOW):
         offsets.decode(offset)
-    return ForkRequest(source_path=source_path(source), offset=offset, sub_offset=int(sub_offset))
+    return ForkRequest(source_path=source_path(source), offset=offset, sub_offset=sub_offset)
 
 
 def source_path(value: str) -> str:

@@ -36,9 +36,11 @@ from runstream.wire import (
     READER_FRAME_OVERHEAD,
 )
 
-from ..core.errors import Invalid
+from ..core import inputs
+from ..core.errors import Invalid, TooLarge
 from ..core.follower import Batch, Follower
-from ..core.json_messages import parse_strict
+from ..core.json_messages import MAX_DEPTH, parse_strict
+from ..core.store.rows import MAX_MESSAGES_PER_APPEND
 from ..runs.run_streams import RunStreamReading
 from ..runtime import runtime, runtime_of
 from . import live
@@ -115,7 +117,11 @@ def guarded(handler: Handler) -> Handler:
         except REFUSALS as error:
             close(ws, answer_for(error).close_code, message_of(error))
         except CONNECTION_GONE:
-            pass  # the client went away, perhaps while a frame was being sent to it
+            # The client went away, perhaps while a frame was being sent to it; or the
+            # connection's reader ended it (the client's close, a protocol violation, a message
+            # too big) and has yet to send its close frame: it woke this handler first (see
+            # TakingTurns), and the socket must outlive that send.
+            wait_for_reader(ws)
         except Exception:
             # Never let an error escape: the server would write an HTTP 500 into the websocket.
             log.exception("websocket handler failed")
@@ -154,12 +160,13 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
     check_run_id(run_id)
     check_stream_key(key)
     caller().require_run(run_id)
-    position = whole_number("start_index", request.args.get("start_index", "0"))
-    timeout = whole_number(
-        "timeout_in_seconds", request.args.get("timeout_in_seconds", str(DEFAULT_READ_TIMEOUT))
+    position = inputs.whole_number("start_index", request.args.get("start_index", "0"))
+    timeout = inputs.whole_number(
+        "timeout_in_seconds",
+        request.args.get("timeout_in_seconds", str(DEFAULT_READ_TIMEOUT)),
+        minimum=1,
+        maximum=MAX_READ_TIMEOUT,
     )
-    if not 1 <= timeout <= MAX_READ_TIMEOUT:
-        raise Invalid(f"timeout_in_seconds must be from 1 to {MAX_READ_TIMEOUT}, not {timeout}")
 
     app_runtime = runtime()
     reading = RunStreamReading(
@@ -196,6 +203,15 @@ def read_stream(ws: Any, run_id: str, key: str) -> None:
                 reader.close()
 
 
+def wait_for_reader(ws: Any) -> None:
+    """Let the connection's reader, which ended the connection, finish: it sends its close
+    frame (answering the client's, or failing a protocol violation with 1002, 1007 or 1009)
+    only after waking the handler, and the server closes the socket once the handler returns."""
+    reader = getattr(ws, "thread", None)
+    if reader is not None and not ws.connected:
+        reader.join(CLOSING_SECONDS)
+
+
 def ping(ws: Any) -> None:
     """A ping frame, so that proxies see traffic on an idle connection (the client's websocket
     library answers it by itself)."""
@@ -211,9 +227,14 @@ class Greenlet:
 
     def __init__(self, target: Callable[[], None]) -> None:
         self._target = target
+        self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        gevent.spawn(self._target)
+        self._greenlet = gevent.spawn(self._target)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
 
 
 class TakingTurns(threading.Event):
@@ -353,11 +374,21 @@ def write_frames(
             continue
         kind = frame.get("type")
         if kind == "chunks":
-            first_seq, chunks = frame.get("seq"), frame.get("chunks")
-            if not isinstance(first_seq, int) or isinstance(first_seq, bool) or first_seq < 0:
-                raise Invalid("a chunks frame needs seq: the number of its first chunk, >= 0")
+            chunks = frame.get("chunks")
+            try:
+                first_seq = inputs.json_whole_number("seq", frame.get("seq"))
+            except Invalid:
+                raise Invalid(
+                    "a chunks frame needs seq: the number of its first chunk, from 0 to "
+                    f"{inputs.MAX_SAFE_INTEGER}"
+                ) from None
             if not isinstance(chunks, list) or not chunks:
                 raise Invalid("a chunks frame needs chunks: a non-empty list of JSON values")
+            if len(chunks) > MAX_MESSAGES_PER_APPEND:
+                raise TooLarge(
+                    f"a chunks frame of {len(chunks)} chunks is more than the limit of "
+                    f"{MAX_MESSAGES_PER_APPEND}: send them in several frames"
+                )
             # Stored, or refused (a newer session fences this one): only then acknowledged.
             result = run_streams.write(run_id, key, writer_id, epoch, first_seq, chunks)
             ws.send(json.dumps({"type": "ack", "seq": result.producer_seq}))
@@ -377,16 +408,13 @@ def receive_frame(ws: Any, timeout: float) -> dict[str, Any] | None:
         if not ws.connected:
             raise ConnectionClosed(None, None)
         return None
+    if isinstance(text, bytes):
+        raise Invalid("frames must be text messages of JSON; this one is binary")
     try:
-        frame = parse_strict(text)
+        # A chunk sits two levels down in its frame, and may nest as deep as over HTTP.
+        frame = parse_strict(text, max_depth=MAX_DEPTH + 2)
     except Invalid as error:
         raise Invalid(f"frames must be JSON text; this one is {error.message}") from None
     if not isinstance(frame, dict):
         raise Invalid("frames must be JSON objects with a type")
     return frame
-
-
-def whole_number(name: str, value: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise Invalid(f"{name} must be a whole number, not {value!r}")
-    return int(value)

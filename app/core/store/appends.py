@@ -27,6 +27,7 @@ from .rows import (
     MAX_NAME_LENGTH,
     PRODUCER_STATE,
     check_length,
+    check_message_count,
     insert_messages,
     live_row,
     producers,
@@ -58,6 +59,7 @@ class Appends(Creation):
             check_length("Producer-Id", request.producer.producer_id, MAX_NAME_LENGTH)
         if request.stream_seq is not None:
             check_length("Stream-Seq", request.stream_seq, MAX_NAME_LENGTH)
+        check_message_count(request.messages)
         self._check_message_sizes(request.messages, request.max_message_bytes)
         now = utcnow()
         claim = request.producer

@@ -28,6 +28,7 @@ from .rows import (
     StreamRow,
     bytes_before,
     check_length,
+    check_message_count,
     find_row,
     insert_messages,
     message_at,
@@ -52,6 +53,7 @@ class Creation(StoreBase):
 
     def _create(self, path: str, request: CreateRequest) -> CreateResult:
         check_length("the stream path", path, MAX_PATH_LENGTH)
+        check_message_count(request.messages)
         self._check_message_sizes(request.messages, request.max_message_bytes)
         if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
             raise Invalid("a stream path must not contain control characters")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import suppress
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import NoResultFound
 
 from ...db import reading, writing
 from .. import offsets
 from ..clock import utcnow
-from ..errors import Invalid
-from .base import StoreBase
-from .requests import ReadResult
-from .rows import StreamInfo, StreamRow, chunks, live_row, segments, streams
+from ..errors import Busy, Gone, Invalid
+from .base import TOUCH_WAIT_SECONDS, StoreBase
+from .requests import ReadPlan, ReadResult
+from .rows import StreamInfo, StreamRow, chunks, live_row, row_by_id, segments, streams
 
 
 class Reads(StoreBase):
@@ -49,13 +52,7 @@ class Reads(StoreBase):
         with reading(self.engine) as conn:
             row = live_row(conn, path, now)
             info = row.info()
-            if position is None:
-                position = row.next_position
-            if position > row.next_position and not past_tail_ok:
-                raise Invalid(
-                    f"offset {offsets.encode(position)} is past the stream's tail "
-                    f"{info.next_offset}"
-                )
+            position = _start(row, position, past_tail_ok=past_tail_ok)
             messages: list[bytes] = []
             if position < row.next_position:
                 messages = self._read_messages(conn, row, position, max_bytes)
@@ -63,8 +60,68 @@ class Reads(StoreBase):
             self._touch(row.id, now)
         return ReadResult(stream=info, messages=messages, next_position=position + len(messages))
 
+    def plan_read(self, path: str, position: int | None, *, max_bytes: int) -> ReadPlan:
+        """What a read from ``position`` (None: the tail) of up to about ``max_bytes`` answers,
+        from the messages' sizes alone; :meth:`pages` then reads them.
+
+        As :meth:`read`: at least one message when one exists, however large, and a position
+        past the tail is a 400. The sizes are summed by the database, so planning a read of
+        many megabytes moves none of them.
+        """
+        self._count_read()
+        now = utcnow()
+        with reading(self.engine) as conn:
+            row = live_row(conn, path, now)
+            start = _start(row, position, past_tail_ok=False)
+            end, size = start, 0
+            for stream_id, _low, high in segments(conn, row):
+                segment_end = row.next_position if high is None else high
+                if segment_end <= end:
+                    continue
+                count, taken = _fitting(conn, stream_id, end, segment_end, max_bytes - size)
+                if count == 0 and end == start:
+                    count, taken = 1, _size_at(conn, stream_id, end)
+                end, size = end + count, size + taken
+                if end < segment_end:
+                    break  # the budget ends inside this segment
+        if row.ttl_seconds is not None:
+            self._touch(row.id, now)
+        return ReadPlan(stream=row.info(), start=start, end=end, size=size)
+
+    def pages(self, plan: ReadPlan, *, page_bytes: int) -> Iterator[list[bytes]]:
+        """The messages of ``plan``, about ``page_bytes`` at a time, each page read in its own
+        short transaction: a slow client holds no database connection while it takes a page.
+
+        The stream is found by its id, never again by its path (which a new stream may have
+        taken meanwhile). Messages never change once stored, so the pages are exactly what was
+        planned; if the stream's messages were purged in between, the pages stop with
+        :class:`Gone`, and the response they were for is cut short.
+        """
+        position = plan.start
+        while position < plan.end:
+            with reading(self.engine) as conn:
+                try:
+                    row = row_by_id(conn, plan.stream.id)
+                except NoResultFound:
+                    row = None
+                page = (
+                    self._read_messages(conn, row, position, page_bytes, end=plan.end)
+                    if row is not None
+                    else []
+                )
+            if not page:
+                raise Gone(f"stream {plan.stream.path!r} was deleted while it was being read")
+            position += len(page)
+            yield page
+
     def _read_messages(
-        self, conn: Connection, row: StreamRow, position: int, max_bytes: int
+        self,
+        conn: Connection,
+        row: StreamRow,
+        position: int,
+        max_bytes: int,
+        *,
+        end: int | None = None,
     ) -> list[bytes]:
         messages: list[bytes] = []
         size = 0
@@ -78,6 +135,8 @@ class Reads(StoreBase):
             )
             if high is not None:
                 query = query.where(chunks.c.position < high)
+            if end is not None:
+                query = query.where(chunks.c.position < end)
             result = conn.execution_options(yield_per=64).execute(query)
             for (data,) in result:
                 if messages and size + len(data) > max_bytes:
@@ -88,6 +147,53 @@ class Reads(StoreBase):
         return messages
 
     def _touch(self, stream_id: int, now: datetime) -> None:
-        """Restart a stream's sliding TTL window: reads count as activity."""
-        with writing(self.engine) as conn:
+        """Restart a stream's sliding TTL window: reads count as activity. Best effort: a read
+        waits for the write lock only briefly, and when the database is busy (or read-only) its
+        answer stands and the next read or write restarts the window (see TOUCH_WAIT_SECONDS)."""
+        with suppress(Busy), writing(self.engine, wait=TOUCH_WAIT_SECONDS) as conn:
             conn.execute(update(streams).where(streams.c.id == stream_id).values(touched_at=now))
+
+
+def _start(row: StreamRow, position: int | None, *, past_tail_ok: bool) -> int:
+    """Where a read starts: ``position``, or the tail for None; past the tail is a 400."""
+    if position is None:
+        return row.next_position
+    if position > row.next_position and not past_tail_ok:
+        raise Invalid(
+            f"offset {offsets.encode(position)} is past the stream's tail "
+            f"{offsets.encode(row.next_position)}"
+        )
+    return position
+
+
+def _fitting(
+    conn: Connection, stream_id: int, start: int, end: int, budget: int
+) -> tuple[int, int]:
+    """How many of the messages ``start`` to ``end`` of one segment fit in ``budget`` bytes, in
+    order, and their size."""
+    if budget <= 0:
+        return 0, 0
+    upto = func.sum(func.length(chunks.c.data)).over(order_by=chunks.c.position).label("upto")
+    sizes = (
+        select(upto)
+        .where(
+            chunks.c.stream_id == stream_id,
+            chunks.c.position >= start,
+            chunks.c.position < end,
+        )
+        .subquery()
+    )
+    count, size = conn.execute(
+        select(func.count(), func.coalesce(func.max(sizes.c.upto), 0)).where(sizes.c.upto <= budget)
+    ).one()
+    return int(count), int(size)
+
+
+def _size_at(conn: Connection, stream_id: int, position: int) -> int:
+    return int(
+        conn.execute(
+            select(func.length(chunks.c.data)).where(
+                chunks.c.stream_id == stream_id, chunks.c.position == position
+            )
+        ).scalar_one()
+    )

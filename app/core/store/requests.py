@@ -98,3 +98,23 @@ class ReadResult:
     def reached_end(self) -> bool:
         """True when the reader has everything and no more will ever come."""
         return self.stream.closed and self.up_to_date
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Which messages a read answers with, decided from their sizes before any is read: the
+    positions ``start`` to ``end`` (excluded), ``size`` bytes in all, of the stream as it was."""
+
+    stream: StreamInfo
+    start: int
+    end: int
+    size: int
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.end >= self.stream.next_position
+
+    @property
+    def reached_end(self) -> bool:
+        """True when the reader has everything and no more will ever come."""
+        return self.stream.closed and self.up_to_date
