@@ -10,7 +10,7 @@ from ...db import reading, writing
 from ..clock import utcnow
 from ..hub import Commit
 from .base import StoreBase
-from .rows import StreamRow, chunks, has_forks, live_row, producers, row_by_id, streams
+from .rows import StreamRow, chunks, existing_row_by_id, has_forks, live_row, producers, streams
 
 
 class Retention(StoreBase):
@@ -30,12 +30,16 @@ class Retention(StoreBase):
         with reading(self.engine) as conn:
             candidates = (
                 conn.execute(
-                    select(streams.c.id).where(
+                    select(streams.c.id)
+                    .where(
                         streams.c.path.is_not(None),
                         streams.c.ttl_seconds.is_not(None)
                         | streams.c.expires_at.is_not(None)
                         | streams.c.retention_seconds.is_not(None),
                     )
+                    # Oldest first, whatever order the database keeps rows in: a source before
+                    # its forks, so that each expired stream is counted once, on any database.
+                    .order_by(streams.c.id)
                 )
                 .scalars()
                 .all()
@@ -43,7 +47,9 @@ class Retention(StoreBase):
         purged = []
         for stream_id in candidates:
             with writing(self.engine) as conn:
-                row = row_by_id(conn, stream_id)
+                # None when an earlier candidate's removal took this one along (a deleted
+                # source that only that fork kept).
+                row = existing_row_by_id(conn, stream_id)
                 if row is not None and row.path is not None and row.is_expired(now):
                     retire(conn, row)
                     purged.append(row.path)
@@ -70,6 +76,6 @@ def remove(conn: Connection, row: StreamRow) -> None:
         source_id = node.fork_source_id
         node = None
         if source_id is not None:
-            source = row_by_id(conn, source_id)
+            source = existing_row_by_id(conn, source_id)
             if source is not None and source.deleted and not has_forks(conn, source_id):
                 node = source
