@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         sqlite_synchronous=settings.sqlite_synchronous,
         pool_connections=settings.database_pool_connections or None,
         pool_timeout=settings.database_pool_timeout,
+        busy_timeout=settings.database_busy_timeout,
     )
     migrations.upgrade(engine)
     secret_key, secret_key_file = settings.secret_key, None

@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
     # how long a request waits for one before it is refused with 503.
     "DATABASE_POOL_CONNECTIONS": 0,
     "DATABASE_POOL_TIMEOUT": 5.0,
+    # How long a write waits for the database's write lock (another process's, a transaction's)
+    # before it is refused with 503.
+    "DATABASE_BUSY_TIMEOUT": 5.0,
     # SQLite's PRAGMA synchronous. NORMAL in WAL mode keeps every acknowledged append across a
     # crash of the server process; FULL also survives power loss, at some cost in speed.
     "SQLITE_SYNCHRONOUS": "NORMAL",
@@ -84,6 +87,7 @@ class Settings:
     database_url: str
     database_pool_connections: int
     database_pool_timeout: float
+    database_busy_timeout: float
     sqlite_synchronous: str
     redis_url: str
     long_poll_timeout: float
@@ -117,6 +121,7 @@ class Settings:
             database_url=database_url,
             database_pool_connections=_whole_number(config, "DATABASE_POOL_CONNECTIONS"),
             database_pool_timeout=_positive_number(config, "DATABASE_POOL_TIMEOUT"),
+            database_busy_timeout=_positive_number(config, "DATABASE_BUSY_TIMEOUT"),
             sqlite_synchronous=synchronous,
             redis_url=_redis_url(config["REDIS_URL"]),
             long_poll_timeout=_positive_number(config, "LONG_POLL_TIMEOUT"),
