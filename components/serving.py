@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 
 # How many layout updates a view may have waiting for its browser before it is closed.
 OUTBOX_LIMIT = 64
+# The browser's events waiting for the view, past which the page is closed: a page that sends
+# faster than its view handles would otherwise fill the process's memory, and delay every
+# other view on the loop.
+INBOX_LIMIT = 1024
 # The websocket close code for a view closed because its browser fell that far behind: "try
 # again later", which ReactPy's client does on its own.
 CLOSE_FELL_BEHIND = 1013
@@ -113,6 +117,9 @@ def mount(
 
     if not isinstance(_life_cycle_hook._HOOK_STATE, HookStackPerView):
         _life_cycle_hook._HOOK_STATE = HookStackPerView(list)
+    # ReactPy logs, at INFO, every event whose handler is gone: any page could write the log
+    # full at will (and a log that stalls stalls the server). Its warnings still show.
+    logging.getLogger("reactpy.core.layout").setLevel(logging.WARNING)
     prefix = ("/" + path.strip("/")).rstrip("/")  # "/answers/" is "/answers", and "/" is ""
     blueprint = Blueprint("runstream_components", __name__, url_prefix=str(PATH_PREFIX))
     options = CommonOptions() if head is None else CommonOptions(head=head)
@@ -244,6 +251,7 @@ class View:
         # sends); a deque's append and popleft are safe across threads.
         self._outbox: deque[str] = deque()
         self._fell_behind = False
+        self._flooded = False  # the browser sent more than INBOX_LIMIT events ahead
         self._refused: str | None = None  # why the browser's message was refused
         self._ended = threading.Event()
         self._task: asyncio.Task[None] | None = None
@@ -268,6 +276,8 @@ class View:
             close(self._ws, CLOSE_INVALID, self._refused)
         elif self._fell_behind:
             close(self._ws, CLOSE_FELL_BEHIND, "the page fell too far behind")
+        elif self._flooded:
+            close(self._ws, CLOSE_FELL_BEHIND, "the page sent events faster than they are handled")
 
     def _carry_messages(self) -> None:
         """Hand the browser's events to the view and send the view's updates to the browser,
@@ -283,6 +293,9 @@ class View:
             ws.event.wait()
             ws.event.clear()
             while (message := ws.receive(timeout=0)) is not None:
+                if self._incoming.qsize() >= INBOX_LIMIT:
+                    self._flooded = True
+                    return
                 self._loop.call_soon_threadsafe(self._incoming.put_nowait, event_of(message))
             while self._outbox and not self._ended.is_set():
                 ws.send(self._outbox.popleft())
