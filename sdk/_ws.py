@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from ._config import ClientSettings
 from .errors import ApiError, RunstreamError, StreamWriteError
 from .reading import ReadProgress
-from .wire import CLOSE_NORMAL, CLOSE_TIMEOUT, encode_chunk, is_refusal
+from .wire import CLOSE_NORMAL, CLOSE_TIMEOUT, MAX_CHUNKS_PER_FRAME, encode_chunk, is_refusal
 
 # How long to keep trying to reach the server before a writer or reader fails.
 GIVE_UP_AFTER = 30.0
@@ -40,6 +40,8 @@ MAX_FRAME_BYTES = 512 * 1024
 # ended) before it takes the connection for broken and reconnects: a connection can stay open,
 # pings answered, while the server side of it no longer answers.
 REPLY_TIMEOUT = 30.0
+# How long closing a connection waits for the server's close frame.
+CLOSING_WAIT = 2.0
 
 
 def _refusal(error: BaseException) -> ApiError | None:
@@ -84,6 +86,9 @@ def _connect(config: ClientSettings, path: str, access_token: str | None = None)
         proxy=None,
         max_size=None,
         open_timeout=10,
+        # Leaving a connection waits this long for the server's answering close: on a stalled
+        # connection none comes, and a writer would send nothing for websockets' 10 s default.
+        close_timeout=CLOSING_WAIT,
     )
 
 
@@ -206,12 +211,15 @@ class ChunkWriter:
             receiving.cancel()
 
     async def _send_frames(self, connection: ClientConnection, items: list[tuple[int, str]]) -> int:
-        """Send the items in frames of at most MAX_FRAME_BYTES; the last seq sent."""
+        """Send the items in frames of at most MAX_FRAME_BYTES and MAX_CHUNKS_PER_FRAME
+        chunks; the last seq sent."""
         start = 0
         while start < len(items):
             size, end = 0, start
-            while end < len(items) and (
-                end == start or size + len(items[end][1]) < MAX_FRAME_BYTES
+            while (
+                end < len(items)
+                and end - start < MAX_CHUNKS_PER_FRAME
+                and (end == start or size + len(items[end][1]) < MAX_FRAME_BYTES)
             ):
                 size += len(items[end][1]) + 1
                 end += 1

@@ -38,6 +38,8 @@ MAX_READER_FRAME_BYTES = 2**20
 # A reader frame's own bytes around its chunks: the type, the index and the brackets.
 READER_FRAME_OVERHEAD = 64
 MAX_RUN_CHUNK_BYTES = MAX_READER_FRAME_BYTES - READER_FRAME_OVERHEAD
+# The most chunks one writer's "chunks" frame may carry (the server closes with 4413 past it).
+MAX_CHUNKS_PER_FRAME = 10_000
 
 
 def is_refusal(code: int) -> bool:

@@ -32,6 +32,7 @@ from runstream.wire import (
     CLOSE_NORMAL,
     CLOSE_NOT_PERMITTED,
     CLOSE_TIMEOUT,
+    MAX_CHUNKS_PER_FRAME,
     MAX_READER_FRAME_BYTES,
     READER_FRAME_OVERHEAD,
 )
@@ -40,7 +41,6 @@ from ..core import inputs
 from ..core.errors import Invalid, TooLarge
 from ..core.follower import Batch, Follower
 from ..core.json_messages import MAX_DEPTH, parse_strict
-from ..core.store.rows import MAX_MESSAGES_PER_APPEND
 from ..runs.run_streams import RunStreamReading
 from ..runtime import runtime, runtime_of
 from . import live
@@ -237,6 +237,10 @@ class Greenlet:
             self._greenlet.join(timeout)
 
 
+# A sleep that lasts until gevent's loop has polled for I/O once (see take_turn).
+NEXT_TURN = 1e-6
+
+
 class TakingTurns(threading.Event):
     """simple-websocket's event of a connection, which the connection's reader sets on every
     message it receives; setting it also gives every other greenlet a turn. Under gevent a
@@ -245,7 +249,17 @@ class TakingTurns(threading.Event):
 
     def set(self) -> None:
         super().set()
-        time.sleep(0)
+        take_turn()
+
+
+def take_turn() -> None:
+    """Let every other greenlet run, those waiting on a socket too. gevent's ``sleep(0)`` runs
+    only the greenlets ready now: a reader whose client always has more to send would starve
+    those that wait for I/O (a handler waiting for the database's answer, say, while its own
+    client floods it), until the client stopped. A timer, however short, waits for the loop's
+    next turn, which polls for I/O first. (Waiting for the loop to be idle could wait for ever
+    on a busy server.)"""
+    time.sleep(NEXT_TURN if monkey.is_module_patched("time") else 0)
 
 
 class _Waker:
@@ -258,7 +272,7 @@ class _Waker:
 
     def set(self) -> None:
         self._wake()
-        time.sleep(0)
+        take_turn()
 
 
 def check_reader(ws: Any) -> None:
@@ -384,10 +398,10 @@ def write_frames(
                 ) from None
             if not isinstance(chunks, list) or not chunks:
                 raise Invalid("a chunks frame needs chunks: a non-empty list of JSON values")
-            if len(chunks) > MAX_MESSAGES_PER_APPEND:
+            if len(chunks) > MAX_CHUNKS_PER_FRAME:
                 raise TooLarge(
                     f"a chunks frame of {len(chunks)} chunks is more than the limit of "
-                    f"{MAX_MESSAGES_PER_APPEND}: send them in several frames"
+                    f"{MAX_CHUNKS_PER_FRAME}: send them in several frames"
                 )
             # Stored, or refused (a newer session fences this one): only then acknowledged.
             result = run_streams.write(run_id, key, writer_id, epoch, first_seq, chunks)
