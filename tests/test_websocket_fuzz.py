@@ -232,9 +232,27 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     server = start_server(tmp_path_factory.mktemp("fuzz"))
     log = ServerLog(server)
     yield server
+    # Once every connection above is over, the server rests: no greenlet is left spinning.
+    idle_cpu = cpu_seconds_over(worker_pid(server), IDLE_SAMPLE_SECONDS)
     server.stop()
+    assert idle_cpu < 0.2 * IDLE_SAMPLE_SECONDS, f"{idle_cpu:.2f} s of CPU while idle"
     # Not one refusal above was an error inside the server.
     assert log.errors() == []
+
+
+IDLE_SAMPLE_SECONDS = 2.0
+
+
+def cpu_seconds_over(pid: int, seconds: float) -> float:
+    """The CPU time (user and system) that process ``pid`` uses in the next ``seconds``."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = used()
+    time.sleep(seconds)
+    return used() - before
 
 
 @pytest.fixture(scope="module")
