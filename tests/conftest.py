@@ -241,9 +241,11 @@ def start_server(
     *,
     env: dict[str, str] | None = None,
     arguments: Sequence[str] = (),
+    port: int | None = None,
 ) -> ServerProcess:
-    """Start `runstream serve` (with ``arguments``) on a free port and wait until it answers."""
-    port = free_port()
+    """Start `runstream serve` (with ``arguments``) on ``port`` (by default a free one) and wait
+    until it answers."""
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "runstream.server", "serve", "--port", str(port), *arguments],
         env={
@@ -299,6 +301,28 @@ def stream_url(request: pytest.FixtureRequest) -> str:
     """A stream path unique to the test."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
     return f"/v1/stream/tests/{name}-{time.monotonic_ns()}"
+
+
+def queued_run(server: ServerProcess, keys: Sequence[str], *, task: str = "tests") -> str:
+    """A run that stays queued (no worker serves ``task``), with its streams ``keys`` created,
+    so that readers over HTTP may start before the first chunk."""
+    with server.client() as client:
+        triggered = client.post(f"/api/v1/tasks/{task}/trigger", json={"payload": None})
+        assert triggered.status_code == 201, triggered.text
+        run_id: str = triggered.json()["id"]
+        for key in keys:
+            created = client.put(
+                f"/v1/stream/runs/{run_id}/{key}", headers={"Content-Type": "application/json"}
+            )
+            assert created.status_code == 201, created.text
+    return run_id
+
+
+def end_run(server: ServerProcess, run_id: str) -> None:
+    """Cancel the run: its streams end, as their writers are done, and their readers stop."""
+    with server.client() as client:
+        canceled = client.post(f"/api/v1/runs/{run_id}/cancel")
+        assert canceled.status_code == 200, canceled.text
 
 
 def arun(coroutine: Coroutine[Any, Any, T]) -> T:

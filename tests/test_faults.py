@@ -21,10 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,16 +29,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from conftest import (
-    AUTH,
     POSTGRES_URL,
     SECRET_KEY,
     ServerProcess,
     arun,
+    end_run,
     free_port,
+    queued_run,
     reset_postgres,
+    start_server,
 )
 
 import runstream._config
@@ -259,27 +257,6 @@ def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def queued_run(url: str, keys: list[str]) -> str:
-    """A run that stays queued (no worker serves its task), with its streams created."""
-    with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
-        triggered = client.post("/api/v1/tasks/faults/trigger", json={"payload": None})
-        assert triggered.status_code == 201, triggered.text
-        run_id: str = triggered.json()["id"]
-        for key in keys:
-            created = client.put(
-                f"/v1/stream/runs/{run_id}/{key}", headers={"Content-Type": "application/json"}
-            )
-            assert created.status_code == 201, created.text
-    return run_id
-
-
-def end_run(url: str, run_id: str) -> None:
-    """Cancel the run: its streams close, as their writers are done."""
-    with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
-        canceled = client.post(f"/api/v1/runs/{run_id}/cancel")
-        assert canceled.status_code == 200, canceled.text
-
-
 def stored(url: str, run_id: str, key: str) -> list[Any]:
     """Every chunk of a run stream, read by the SDK straight from the server to its end."""
     configure(api_url=url, secret_key=SECRET_KEY)
@@ -291,35 +268,6 @@ def stored(url: str, run_id: str, key: str) -> list[Any]:
         return chunks
 
     return arun(read())
-
-
-def serve_on(instance_path: Path, port: int, env: dict[str, str]) -> ServerProcess:
-    """`runstream serve` on ``instance_path`` and ``port``, once it answers: a variant of
-    conftest's start_server (which picks a free port) for restarting on the same port."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "RUNSTREAM_INSTANCE_PATH": str(instance_path),
-            "RUNSTREAM_LONG_POLL_TIMEOUT": "1",
-            "RUNSTREAM_SECRET_KEY": SECRET_KEY,
-            **env,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"runstream serve exited with {process.returncode}"
-        try:
-            httpx.head(f"{url}/v1/stream/__health__", timeout=1)
-            return ServerProcess(url, process, instance_path)
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the restarted server did not answer within 30 seconds")
 
 
 # -- through the fault proxy -------------------------------------------------------------------
@@ -337,7 +285,7 @@ def test_writers_through_drops_delays_and_stalls_store_every_chunk_once_in_order
     written, each once, in order."""
     monkeypatch.setattr(runstream._ws, "REPLY_TIMEOUT", REPLY_TIMEOUT)
     keys = [f"w{number}" for number in range(FAULT_WRITERS)]
-    run_id = queued_run(server.url, keys)
+    run_id = queued_run(server, keys, task="faults")
     proxy = FaultProxy(server.url)
     written: dict[str, list[int]] = {key: [] for key in keys}
     each = FAULT_CHUNKS // FAULT_WRITERS
@@ -368,7 +316,7 @@ def test_writers_through_drops_delays_and_stalls_store_every_chunk_once_in_order
             time.sleep(0.01)
     finally:
         proxy.close()
-    end_run(server.url, run_id)
+    end_run(server, run_id)
 
     total = sum(len(chunks) for chunks in written.values())
     noticed = proxy.stalls_noticed_after or [0.0]
@@ -413,7 +361,7 @@ def test_writers_resume_after_kill_9_of_the_server_and_store_every_chunk_once_in
     URL, learn from the server which of their chunks are stored, resend only the rest, and
     finish: every stream reads back exactly the chunks written, each once, in order."""
     port = free_port()
-    server = serve_on(tmp_path, port, database_env)
+    server = start_server(tmp_path, env=database_env, port=port)
     servers = [server]
     keys = [f"w{number}" for number in range(CRASH_WRITERS)]
     written: dict[str, list[int]] = {key: [] for key in keys}
@@ -425,7 +373,7 @@ def test_writers_resume_after_kill_9_of_the_server_and_store_every_chunk_once_in
             time.sleep(KILL_EVERY)
             at_kill.append(sum(len(chunks) for chunks in written.values()))
             servers[-1].kill()
-            servers.append(serve_on(tmp_path, port, database_env))
+            servers.append(start_server(tmp_path, env=database_env, port=port))
         time.sleep(AFTER_LAST_KILL)
         done.set()
 
@@ -444,7 +392,7 @@ def test_writers_resume_after_kill_9_of_the_server_and_store_every_chunk_once_in
         await asyncio.gather(*(piped.wait_until_complete() for piped in pipes))
 
     try:
-        run_id = queued_run(server.url, keys)
+        run_id = queued_run(server, keys, task="faults")
         killing = threading.Thread(target=killer, daemon=True)
         started = time.monotonic()
         killing.start()
@@ -452,7 +400,7 @@ def test_writers_resume_after_kill_9_of_the_server_and_store_every_chunk_once_in
         killing.join(30)
         assert not killing.is_alive()
         took = time.monotonic() - started
-        end_run(server.url, run_id)
+        end_run(server, run_id)
         total = sum(len(chunks) for chunks in written.values())
         print(f"\n{total} chunks in {took:.1f} s, {KILLS} kills (at {at_kill} chunks written)")
         assert len(servers) == KILLS + 1

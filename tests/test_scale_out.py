@@ -30,6 +30,8 @@ from conftest import (
     Proxy,
     ServerProcess,
     arun,
+    end_run,
+    queued_run,
     reset_postgres,
     start_server,
 )
@@ -383,28 +385,6 @@ def long_poll_until_closed(url: str, path: str, arrived: Arrivals) -> None:
                 return
 
 
-def queued_run(server: ServerProcess, keys: list[str]) -> str:
-    """A run that stays queued (no worker serves its task), with its streams ``keys`` created,
-    so that readers over HTTP may start before the first chunk."""
-    with server.client() as client:
-        triggered = client.post("/api/v1/tasks/scale-out/trigger", json={"payload": None})
-        assert triggered.status_code == 201, triggered.text
-        run_id: str = triggered.json()["id"]
-        for key in keys:
-            created = client.put(
-                f"/v1/stream/runs/{run_id}/{key}", headers={"Content-Type": "application/json"}
-            )
-            assert created.status_code == 201, created.text
-    return run_id
-
-
-def end_run(server: ServerProcess, run_id: str) -> None:
-    """Cancel the run: its streams end, as their writers are done, and their readers stop."""
-    with server.client() as client:
-        canceled = client.post(f"/api/v1/runs/{run_id}/cancel")
-        assert canceled.status_code == 200, canceled.text
-
-
 @pytest.fixture
 def sdk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     """``sdk(url)`` points the SDK at a server (or a balancer); the test leaves it as it was."""
@@ -424,7 +404,7 @@ def test_writers_of_a_killed_server_finish_on_the_other_and_readers_get_every_ch
     balancer = Failover(a.url, b.url)
     try:
         keys = ["first", "second"]
-        run_id = queued_run(b, keys)
+        run_id = queued_run(b, keys, task="scale-out")
         readers = [reader for key in keys for reader in run_stream_readers(b, run_id, key)]
         time.sleep(0.5)  # every reader is waiting at the tail
 
@@ -463,7 +443,7 @@ def test_a_redis_outage_loses_no_chunk_and_readers_catch_up_soon_after_it(
     redis = Proxy(REDIS_URL)
     a, b = start_pair(tmp_path, redis.url)
     try:
-        run_id = queued_run(b, ["outage"])
+        run_id = queued_run(b, ["outage"], task="scale-out")
         readers = run_stream_readers(b, run_id, "outage")
         time.sleep(0.5)
         written_at: list[float] = []

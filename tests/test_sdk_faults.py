@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, within
+from conftest import HANG_GUARD, SECRET_KEY, ServerProcess, arun, end_run, within
 
 import runstream._ws
 import runstream.streams
@@ -241,13 +241,6 @@ def queued_run(server: ServerProcess) -> str:
     """A run that stays QUEUED (no worker serves its task), triggered on the server directly."""
     configure(api_url=server.url, secret_key=SECRET_KEY)
     return never_claimed.trigger_sync().id
-
-
-def end_run(server: ServerProcess, run_id: str) -> None:
-    """Cancel the run on the server directly: its streams end once their writers are done."""
-    with server.client() as client:
-        response = client.post(f"/api/v1/runs/{run_id}/cancel")
-        assert response.status_code == 200, response.text
 
 
 def stored(server: ServerProcess, run_id: str, key: str, *, timeout: int = 5) -> list[Any]:
