@@ -73,7 +73,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
-from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum, stop_server
 
 HOST = "127.0.0.1"
 KEY = "idle"  # the run stream the readers follow
@@ -231,19 +231,6 @@ def wait_until_serving(server: Server, seconds: float) -> None:
             time.sleep(0.1)
         finally:
             connection.close()
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    with contextlib.suppress(ProcessLookupError):  # a worker left behind by its arbiter
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 # -- requests from the benchmark's own process -------------------------------------------------

@@ -45,7 +45,6 @@ import queue
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum, stop_server
 
 HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -241,14 +240,7 @@ def runstream_server(live_readers: int, logs: Path) -> Iterator[Server]:
                     time.sleep(0.05)
             yield server
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_server(process)
 
 
 def trigger_run(url: str) -> str:

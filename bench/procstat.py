@@ -1,7 +1,8 @@
-"""What the benchmarks read of the server's processes from /proc, and the figures they print.
+"""What the benchmarks read of the server's processes from /proc, the figures they print, and
+how they stop a server.
 
-Shared by bench/fanout.py and bench/connections.py: a gunicorn server is an arbiter and its
-worker, so every measure is summed over a process and its descendants.
+Shared by the benchmarks under bench/: a gunicorn server is an arbiter and its worker, so every
+measure is summed over a process and its descendants.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,3 +71,18 @@ def status_sum(pids: Sequence[int], name: str) -> int:
 def percentile(ordered: Sequence[float], fraction: float) -> float:
     """The value at ``fraction`` of samples already sorted."""
     return float(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))])
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server started in a session of its own, SIGKILL it if it is still there after
+    15 s, and then any worker its arbiter left behind."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -70,7 +70,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -86,7 +85,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, stop_server
 
 HOST = "127.0.0.1"
 KEY = "scale"  # the run stream's key in the latency part
@@ -293,14 +292,7 @@ def runstream_server(
                 time.sleep(0.05)
             yield server
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_server(process)
 
 
 def log_notes(servers: Sequence[Server], show_tail: bool) -> tuple[int, list[str]]:

@@ -37,7 +37,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procstat import percentile, process_tree, raise_fd_limit, status_sum
+from procstat import percentile, process_tree, raise_fd_limit, status_sum, stop_server
 
 HOST = "127.0.0.1"
 SECRET_KEY = "rs_sk_soak-secret-key"
@@ -231,14 +230,7 @@ def runstream_server(instance: Path, database_url: str = "") -> Iterator[Server]
                 time.sleep(0.05)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_server(process)
 
 
 def queued_run(url: str, keys: list[str]) -> str:
