@@ -62,6 +62,7 @@ from reactpy.core.hooks import ConnectionContext
 from reactpy.core.serve import serve_layout
 from reactpy.core.types import RootComponentConstructor, VdomDict
 
+from runstream._whole_sends import send_whole
 from runstream.event_loop import process_loop
 from runstream.wire import CLOSE_INVALID, CLOSE_UNAUTHENTICATED
 
@@ -136,6 +137,7 @@ def mount(
         )
 
     def view(ws: Any, subpath: str = "") -> None:
+        send_whole(ws)
         if allowed is not None and not allowed():
             close(ws, CLOSE_UNAUTHENTICATED, "not allowed: sign in first")
             return

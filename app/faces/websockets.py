@@ -25,6 +25,7 @@ from gevent import monkey
 from wsproto.events import CloseConnection, Ping
 from wsproto.utilities import LocalProtocolError
 
+from runstream._whole_sends import send_whole
 from runstream.identifiers import check_run_id, check_stream_key
 from runstream.wire import (
     CLOSE_INTERNAL_ERROR,
@@ -110,6 +111,7 @@ def guarded(handler: Handler) -> Handler:
     """Run a websocket handler, turning every way it can end into a close code and reason."""
 
     def run(ws: Any, run_id: str, key: str) -> None:
+        send_whole(ws)
         try:
             handler(ws, run_id, key)
         except Closing as closing:
