@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 T = TypeVar("T")
 
@@ -70,6 +71,16 @@ class ReadStream(Generic[T]):
 
     async def aclose(self) -> None:
         await cast(Any, self._batches).aclose()
+
+
+@runtime_checkable
+class WriteTimes(Protocol):
+    """A source that also knows when each chunk was written (a Runstream server reading its own
+    store): viewers show those times beside the chunks. Other sources do not know them."""
+
+    async def write_times(self, run_id: str, key: str, start: int, stop: int) -> list[datetime]:
+        """When each chunk from ``start`` up to ``stop`` was written."""
+        ...
 
 
 class ChunkSource(Protocol):

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from runstream.reading import ReadProgress, ReadStream
@@ -31,6 +32,9 @@ class InProcessChunkSource:
         )
         progress = ReadProgress(start_index)
         return ReadStream(self._follow(reading, progress, timeout_in_seconds), progress)
+
+    async def write_times(self, run_id: str, key: str, start: int, stop: int) -> list[datetime]:
+        return await asyncio.to_thread(self._run_streams.write_times, run_id, key, start, stop)
 
     async def _follow(
         self, reading: RunStreamReading, progress: ReadProgress, timeout_in_seconds: int

@@ -13,6 +13,7 @@ after ``writer_timeout`` seconds of silence.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from runstream.identifiers import DEFAULT_KEY, InvalidIdentifier, check_run_id, check_stream_key
@@ -107,6 +108,10 @@ class RunStreams:
 
     def streams(self, run_id: str) -> list[StreamInfo]:
         return self.store.streams_under(f"{PREFIX}{check_run_id(run_id)}/")
+
+    def write_times(self, run_id: str, key: str, start: int, stop: int) -> list[datetime]:
+        """When each chunk from ``start`` up to ``stop`` was written."""
+        return self.store.write_times(stream_path(run_id, key), start, stop)
 
     # -- writers -----------------------------------------------------------------------------
 

@@ -60,6 +60,29 @@ class Reads(StoreBase):
             self._touch(row.id, now)
         return ReadResult(stream=info, messages=messages, next_position=position + len(messages))
 
+    def write_times(self, path: str, start: int, stop: int) -> list[datetime]:
+        """When each message from ``start`` up to ``stop`` was appended, as the store recorded
+        it: what a viewer shows beside each chunk. Positions past the tail are left out."""
+        with reading(self.engine) as conn:
+            row = live_row(conn, path, utcnow())
+            times: list[datetime] = []
+            for stream_id, low, high in segments(conn, row):
+                end = stop if high is None else min(stop, high)
+                if end <= max(start, low):
+                    continue
+                times.extend(
+                    conn.execute(
+                        select(chunks.c.created_at)
+                        .where(
+                            chunks.c.stream_id == stream_id,
+                            chunks.c.position >= max(start, low),
+                            chunks.c.position < end,
+                        )
+                        .order_by(chunks.c.position)
+                    ).scalars()
+                )
+        return times
+
     def plan_read(self, path: str, position: int | None, *, max_bytes: int) -> ReadPlan:
         """What a read from ``position`` (None: the tail) of up to about ``max_bytes`` answers,
         from the messages' sizes alone; :meth:`pages` then reads them.
