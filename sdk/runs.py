@@ -1,14 +1,29 @@
-"""Runs, for asyncio code: ``retrieve``, ``cancel``, and waiting for a run to end."""
+"""Runs, for asyncio code: ``retrieve`` (at once, or once the run changes), ``cancel``, and
+waiting for a run to end.
+
+:class:`RunSource` is what a reader of runs is, for the ReactPy run hooks: this module's HTTP
+calls, or a Runstream server's own runs read in-process (kept in ``app.extensions`` under
+:data:`LOCAL_RUN_SOURCE`), so that the hooks depend on this small interface and nothing else.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _api
+from ._config import ClientSettings, settings
+
+if TYPE_CHECKING:
+    from .tasks import TriggeredRun
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+# The longest a retrieve may wait for a change: below the SDK's 30 s read timeout per request.
+MAX_WAIT_SECONDS = 20
+# A Flask application that serves runs in-process (a Runstream server) keeps its RunSource in
+# ``app.extensions[LOCAL_RUN_SOURCE]``; run hooks rendered inside it read and trigger through it.
+LOCAL_RUN_SOURCE = "runstream.run_source"
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,9 @@ class Run:
     finished_at: str | None
     streams: tuple[RunStream, ...] = ()
     child_run_ids: tuple[str, ...] = ()
+    # When the run last changed, its worker's heartbeats included: what a wait for a change
+    # starts from. Left out of comparisons, so two reads of an unchanged run are equal.
+    updated_at: str | None = field(default=None, compare=False)
 
     @property
     def is_final(self) -> bool:
@@ -55,14 +73,59 @@ class Run:
             finished_at=data.get("finished_at"),
             streams=tuple(RunStream(**stream) for stream in data.get("streams", ())),
             child_run_ids=tuple(data.get("child_run_ids", ())),
+            updated_at=data.get("updated_at"),
         )
 
 
-async def retrieve(run_id: str, *, access_token: str | None = None) -> Run:
-    """The run's status, payload, output or error, parent and root ids, and its streams."""
+class RunSource(Protocol):
+    """Reads runs and triggers tasks, with a given credential (``access_token``)."""
+
+    async def retrieve(
+        self, run_id: str, *, access_token: str | None, after: str | None, wait_in_seconds: int
+    ) -> Run:
+        """The run, once its ``updated_at`` is not ``after`` or ``wait_in_seconds`` passed."""
+        ...
+
+    async def trigger(
+        self, task_id: str, payload: Any, *, access_token: str | None
+    ) -> TriggeredRun: ...
+
+
+async def retrieve(
+    run_id: str,
+    *,
+    access_token: str | None = None,
+    base_url: str | None = None,
+    after: str | None = None,
+    wait_in_seconds: int = 0,
+) -> Run:
+    """The run's status, payload, output or error, parent and root ids, and its streams.
+
+    With ``after`` (a :attr:`Run.updated_at` seen before), the server answers once the run has
+    changed since, or after ``wait_in_seconds`` (at most 20) with the run as it is: a live
+    view of a run without polling. ``access_token`` reads with a public access token instead
+    of the secret key; ``base_url`` reads from that server instead of the configured one.
+    """
+    if not 0 <= wait_in_seconds <= MAX_WAIT_SECONDS:
+        raise ValueError(f"wait_in_seconds must be from 0 to {MAX_WAIT_SECONDS}")
+    params: dict[str, Any] = {}
+    if after is not None:
+        params = {"after": after, "wait": wait_in_seconds}
     return Run.from_json(
-        await _api.call("GET", f"/api/v1/runs/{run_id}", access_token=access_token)
+        await _api.call(
+            "GET",
+            f"/api/v1/runs/{run_id}",
+            params=params,
+            access_token=access_token,
+            config=settings_for(base_url),
+        )
     )
+
+
+def settings_for(base_url: str | None) -> ClientSettings:
+    """The configured server, or the one at ``base_url`` (with the configured secret key)."""
+    config = settings()
+    return config if base_url is None else ClientSettings(base_url.rstrip("/"), config.secret_key)
 
 
 async def cancel(run_id: str) -> Run:

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from . import _api, _portal, runs
 from ._context import TaskContext, current_run, current_scope
+from .runs import settings_for
 
 R = TypeVar("R")
 TaskFunction = Callable[[Any, TaskContext], Awaitable[R] | R]
@@ -65,12 +66,7 @@ class Task(Generic[R]):
     async def trigger(self, payload: Any = None) -> TriggeredRun:
         """Queue a run. Inside a task, the new run is a child of the current run."""
         parent = current_run()
-        answer = await _api.call(
-            "POST",
-            f"/api/v1/tasks/{self.id}/trigger",
-            {"payload": payload, "parent_run_id": parent.id if parent else None},
-        )
-        return TriggeredRun(answer["id"], answer["public_access_token"])
+        return await _trigger(self.id, payload, parent.id if parent else None)
 
     async def trigger_and_wait(self, payload: Any = None) -> TaskRunResult[R]:
         """Queue a run and wait until it ends.
@@ -112,6 +108,40 @@ class _Declaration:
         declared: Task[Any] = Task(self.id, function)
         _registry[self.id] = declared
         return declared
+
+
+async def trigger(
+    task_id: str,
+    payload: Any = None,
+    *,
+    access_token: str | None = None,
+    base_url: str | None = None,
+) -> TriggeredRun:
+    """Queue a run of the task ``task_id``, by its id: for code that does not import the task.
+
+    ``access_token`` triggers with a public access token (one with ``trigger:tasks:<task_id>``)
+    instead of the secret key; ``base_url`` triggers on that server instead of the configured
+    one. The run is a root run, even inside a task.
+    """
+    return await _trigger(task_id, payload, None, access_token=access_token, base_url=base_url)
+
+
+async def _trigger(
+    task_id: str,
+    payload: Any,
+    parent_run_id: str | None,
+    *,
+    access_token: str | None = None,
+    base_url: str | None = None,
+) -> TriggeredRun:
+    answer = await _api.call(
+        "POST",
+        f"/api/v1/tasks/{task_id}/trigger",
+        {"payload": payload, "parent_run_id": parent_run_id},
+        access_token=access_token,
+        config=settings_for(base_url),
+    )
+    return TriggeredRun(answer["id"], answer["public_access_token"])
 
 
 def task(*, id: str) -> _Declaration:

@@ -219,6 +219,9 @@ def _api_paths() -> dict[str, Any]:
         "/api/v1/tasks/{task_id}/trigger": {
             "post": {
                 "summary": "Queue a run of a task.",
+                "description": "With the secret key, or a public token with the scope "
+                "trigger:tasks:<task_id> (which may not set parent_run_id). The answer's "
+                "public_access_token reads the new run (read:runs:<run id>).",
                 "parameters": [_path("task_id", "The task's id.")],
                 "requestBody": JSON_OBJECT_BODY,
                 "responses": {
@@ -273,7 +276,17 @@ def _api_paths() -> dict[str, Any]:
         "/api/v1/runs/{run_id}": {
             "get": {
                 "summary": "A run, with its streams and child runs.",
-                "parameters": [RUN_ID],
+                "description": "With after (an updated_at the client has seen) and wait, the "
+                "answer waits until the run's updated_at is another, or the wait ends (then "
+                "it is the run as it is): a live view of a run without polling.",
+                "parameters": [
+                    RUN_ID,
+                    _query(
+                        "after",
+                        "The run's updated_at as last seen: answer once it has changed.",
+                    ),
+                    _query("wait", "How long to wait for a change: 0 to 60 seconds.", WHOLE_NUMBER),
+                ],
                 "responses": {
                     "200": {"description": "The run.", "content": {JSON: {"schema": RUN}}},
                     **API_REFUSALS,
@@ -313,7 +326,10 @@ def _api_paths() -> dict[str, Any]:
         "/api/v1/runs/{run_id}/cancel": {"post": _run_operation("Cancel the run.", None)},
         "/api/v1/auth/public-tokens": {
             "post": {
-                "summary": "A read token for browsers, limited to scopes and a lifetime.",
+                "summary": "A token for browsers, limited to scopes and a lifetime.",
+                "description": "Body: {scopes, expiration}. Scopes: read:runs (every run), "
+                "read:runs:<run id> (one run and its streams), trigger:tasks:<task id> (runs "
+                "of that task, and nothing else). Expiration: seconds, or 30s, 15m, 1h, 7d.",
                 "requestBody": JSON_OBJECT_BODY,
                 "responses": {
                     "201": {"description": "The token.", "content": {JSON: {"schema": token}}},
@@ -354,7 +370,8 @@ def description() -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The secret key, or a public token for reading runs.",
+                    "description": "The secret key, or a public token (reading runs, or "
+                    "triggering one task).",
                 }
             },
             "schemas": {

@@ -1,11 +1,14 @@
-"""Who may do what: the secret key, and public access tokens that can only read.
+"""Who may do what: the secret key, and public access tokens that may do one narrow thing.
 
 The secret key (``RUNSTREAM_SECRET_KEY``, or the ``secret_key`` file Runstream creates in its
 instance folder) may do everything: trigger runs, write streams, claim and complete runs, mint
 tokens. It belongs on servers and workers, never in a browser.
 
-A public access token is a signed JWT that may only read: ``read:runs:<run_id>`` reads one run
-and its streams, ``read:runs`` reads every run. It expires. Browsers get these.
+A public access token is a signed JWT that expires, for browsers. Each of its scopes grants one
+thing: ``read:runs:<run_id>`` reads one run and its streams, ``read:runs`` reads every run, and
+``trigger:tasks:<task_id>`` triggers runs of one task (a page's "submit" button) and nothing
+else: it reads nothing, not even the runs it triggered (the trigger's answer carries a token
+that reads the new run).
 
 Credentials arrive as ``Authorization: Bearer <credential>``. A public access token may also
 come as a ``token`` query parameter, where a client cannot set headers (browser websockets and
@@ -28,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from runstream.identifiers import is_run_id
+from runstream.identifiers import InvalidIdentifier, check_task_id, is_run_id
 
 from ..core.clock import utcnow
 from ..core.errors import Invalid, NotPermitted, Unauthenticated
@@ -36,6 +39,7 @@ from ..core.errors import Invalid, NotPermitted, Unauthenticated
 SECRET_KEY_FILE = "secret_key"
 READ_ALL_RUNS = "read:runs"
 READ_RUN_PREFIX = "read:runs:"
+TRIGGER_TASK_PREFIX = "trigger:tasks:"
 _DURATION = re.compile(r"([1-9][0-9]*)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_TOKEN_LIFETIME = timedelta(days=365)
@@ -66,12 +70,24 @@ class Principal:
     def require_secret(self, action: str) -> None:
         if not self.is_secret:
             raise NotPermitted(
-                f"{action} needs the secret key; a public access token can only read"
+                f"{action} needs the secret key; a public access token may only read runs "
+                f"({READ_RUN_PREFIX}<run id>, {READ_ALL_RUNS}) or trigger a task "
+                f"({TRIGGER_TASK_PREFIX}<task id>)"
             )
 
     def require_run(self, run_id: str) -> None:
         if not self.can_read_run(run_id):
-            raise NotPermitted(f"this token may not read run {run_id}")
+            raise NotPermitted(
+                f"reading run {run_id} needs the secret key or a token with "
+                f"{READ_RUN_PREFIX}{run_id} or {READ_ALL_RUNS}"
+            )
+
+    def require_trigger(self, task_id: str) -> None:
+        if not (self.is_secret or TRIGGER_TASK_PREFIX + task_id in self.scopes):
+            raise NotPermitted(
+                f"triggering task {task_id} needs the secret key or a token with "
+                f"{TRIGGER_TASK_PREFIX}{task_id}"
+            )
 
 
 EVERYONE = Principal(is_secret=True)
@@ -101,10 +117,7 @@ class Auth:
         if not scopes:
             raise Invalid("a public access token needs at least one scope, such as read:runs")
         for scope in scopes:
-            if scope != READ_ALL_RUNS and not (
-                scope.startswith(READ_RUN_PREFIX) and is_run_id(scope[len(READ_RUN_PREFIX) :])
-            ):
-                raise Invalid(f"unknown scope {scope!r}: use read:runs or read:runs:<run id>")
+            check_scope(scope)
         if not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
             raise Invalid("a token must expire after more than 0 seconds and at most 365 days")
         now = utcnow()
@@ -114,6 +127,13 @@ class Auth:
         expires = datetime.fromtimestamp(math.ceil((now + expires_in).timestamp()), UTC)
         claims = {"iss": ISSUER, "iat": now, "exp": expires, "scopes": scopes}
         return jwt.encode(claims, self._token_key, algorithm="HS256")
+
+    def authenticate_in_process(self, credential: str | None) -> Principal:
+        """The principal of a credential that a component rendered in this server was handed
+        (a ReactPy hook), with the same checks as a request's. It has no address of its own:
+        its page's request was admitted by the app, which serves loopback clients only when
+        authentication is disabled."""
+        return EVERYONE if self.disabled else self._principal_of(credential)
 
     def refuse_secret_key_in_address(self, token_parameter: str | None) -> None:
         """401 when the ``token`` query parameter holds the secret key, whichever credential
@@ -135,6 +155,9 @@ class Auth:
                     "authentication is disabled on this server, so it serves loopback clients only"
                 )
             return EVERYONE
+        return self._principal_of(credential)
+
+    def _principal_of(self, credential: str | None) -> Principal:
         if not credential:
             raise Unauthenticated(
                 "send the secret key or a public access token as 'Authorization: Bearer <token>'"
@@ -159,6 +182,24 @@ class Auth:
         if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
             raise Unauthenticated("the access token carries no scopes")
         return Principal(is_secret=False, scopes=frozenset(scopes))
+
+
+def check_scope(scope: str) -> None:
+    """Refuse a scope that grants nothing known, or names an ill-formed run or task id."""
+    if scope == READ_ALL_RUNS:
+        return
+    if scope.startswith(READ_RUN_PREFIX) and is_run_id(scope[len(READ_RUN_PREFIX) :]):
+        return
+    if scope.startswith(TRIGGER_TASK_PREFIX):
+        try:
+            check_task_id(scope[len(TRIGGER_TASK_PREFIX) :])
+        except InvalidIdentifier as error:
+            raise Invalid(f"scope {scope[:100]!r} names no valid task: {error}") from None
+        return
+    raise Invalid(
+        f"unknown scope {scope[:100]!r}: use {READ_ALL_RUNS}, {READ_RUN_PREFIX}<run id> or "
+        f"{TRIGGER_TASK_PREFIX}<task id>"
+    )
 
 
 def credential_from(authorization: str | None, token_parameter: str | None) -> str | None:
