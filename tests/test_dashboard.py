@@ -12,12 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import resource
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,32 +21,44 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, ServerProcess, start_server
+from conftest import ServerProcess, start_server
+from dashboard_support import (  # the shared fixtures, used by name below
+    HANG_GUARD,
+    HANG_GUARD_MS,
+    TESTS,
+    browser,
+    dashboard_server,
+    gunicorn_worker_pid,
+    page,
+    save_screenshot,
+    signed_in,
+    trigger,
+    worker,
+)
 from e2e_tasks import numbered_chunks
 from websockets.sync.client import ClientConnection, connect
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # the browser tests skip; the websocket load test still runs
-    sync_playwright = None  # type: ignore[assignment]
+with contextlib.suppress(ImportError):  # without Playwright the browser tests skip (`browser`)
+    from playwright.sync_api import expect
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Dialog, Page
+    from playwright.sync_api import Dialog, Page
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
+# The shared fixtures this module uses, and the names other modules still import from here.
+__all__ = [
+    "HANG_GUARD",
+    "HANG_GUARD_MS",
+    "TESTS",
+    "browser",
+    "dashboard_server",
+    "gunicorn_worker_pid",
+    "page",
+    "save_screenshot",
+    "signed_in",
+    "trigger",
+    "worker",
 ]
-# Only against hangs: nothing here is expected to come near these.
-HANG_GUARD = 30.0
-HANG_GUARD_MS = int(HANG_GUARD * 1000)
+
 CHUNKS = 500
 CHUNK_DELAY = 0.006  # ~3 s of streaming: the page opens while the run is still writing
 VIEWS = 500
@@ -69,110 +76,6 @@ new MutationObserver(() => {
   if (status && status !== seen.statuses.at(-1)) seen.statuses.push(status);
 }).observe(document, {childList: true, subtree: true, characterData: true});
 """
-
-
-# -- servers, worker and browser -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dashboard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """`runstream serve` with authentication on: the browser signs in with the secret key."""
-    server = start_server(tmp_path_factory.mktemp("dashboard"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def worker(
-    dashboard_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m runstream.server worker --tasks e2e_tasks`` against the dashboard server."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runstream.server", "worker", "--tasks", "e2e_tasks"],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    [str(TESTS), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-                ),
-                "RUNSTREAM_API_URL": dashboard_server.url,
-                "RUNSTREAM_SECRET_KEY": SECRET_KEY,
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + HANG_GUARD
-    while b"worker: running" not in log_path.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the worker did not start:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=HANG_GUARD)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, through Playwright (never Playwright's own download)."""
-    if sync_playwright is None:
-        pytest.skip("the playwright package is not installed: pip install -e '.[test]'")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (Debian's package)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def signed_in(browser: Browser, dashboard_server: ServerProcess) -> Iterator[BrowserContext]:
-    """A browser session signed in to the dashboard through its /login form."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(HANG_GUARD_MS)
-    expect.set_options(timeout=HANG_GUARD_MS)
-    page = context.new_page()
-    page.goto(f"{dashboard_server.url}/runs")
-    expect(page).to_have_url(re.compile(r"/login\?next=/runs$"))
-    page.fill("input[name=secret_key]", SECRET_KEY)
-    page.click("button")
-    expect(page).to_have_url(f"{dashboard_server.url}/runs")
-    expect(page.locator("main h1")).to_have_text("Runs")
-    page.close()
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(signed_in: BrowserContext) -> Iterator[Page]:
-    page = signed_in.new_page()
-    yield page
-    page.close()
-
-
-def trigger(server: ServerProcess, task_id: str, payload: Any) -> str:
-    """Trigger a run through the HTTP API; its id."""
-    with server.client() as client:
-        response = client.post(f"/api/v1/tasks/{task_id}/trigger", json={"payload": payload})
-    assert response.status_code == 201, response.text
-    run_id: str = response.json()["id"]
-    return run_id
-
-
-def save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
-    """A screenshot in the test's folder, copied to test-results/ at the repository's root."""
-    path = tmp_path / name
-    page.screenshot(path=str(path))
-    results = ROOT / "test-results"
-    results.mkdir(exist_ok=True)
-    shutil.copy(path, results / name)
-    return path
 
 
 # -- the browser ---------------------------------------------------------------------------------
@@ -193,6 +96,8 @@ def test_run_page_streams_500_chunks_live_to_completion(
     expect(view.locator(".status")).to_have_text("Complete")
     expect(page.locator("article.run > header .badge")).to_have_text("COMPLETED")
     expect(page.locator("article.run")).to_have_attribute("data-status", "COMPLETED")
+    expect(view.locator(".stream-body .markdown")).to_contain_text(numbered_chunks(CHUNKS)[-1])
+    view.get_by_role("button", name="Chunks").click()
     expect(view.locator("li.chunk")).to_have_count(CHUNKS)
     indexes = view.locator("li.chunk .chunk-index").all_text_contents()
     assert indexes == [str(index) for index in range(CHUNKS)]
@@ -228,27 +133,28 @@ def test_runs_list_shows_a_new_run_without_reloading(
 
 @pytest.mark.usefixtures("worker")
 def test_text_view_renders_markdown(page: Page, dashboard_server: ServerProcess) -> None:
-    """The Text view joins the chunks and renders them as Markdown: a heading and bold text."""
+    """A stream of text opens in the Text view, which joins the chunks and renders them as
+    Markdown: a heading and bold text."""
     run_id = trigger(dashboard_server, "e2e.pipe", {"chunks": ["# Title", "\n\nsome **bold**"]})
     page.goto(f"{dashboard_server.url}/runs/{run_id}")
     view = page.locator(".stream-view")
     expect(view.locator(".status")).to_have_text("Complete")
     expect(view.locator(".chunk-count")).to_have_text("2 chunks")
 
-    view.get_by_role("button", name="Text").click()
+    expect(view.get_by_role("button", name="Text")).to_have_attribute("aria-pressed", "true")
     expect(view.locator(".stream-body .markdown h1")).to_have_text("Title")
     expect(view.locator(".stream-body .markdown strong")).to_have_text("bold")
     expect(view.locator(".stream-body .markdown p")).to_have_text("some bold")
     expect(view.locator("li.chunk")).to_have_count(0)
 
-    view.get_by_role("button", name="List").click()
+    view.get_by_role("button", name="Chunks").click()
     expect(view.locator("li.chunk")).to_have_count(2)
 
 
 @pytest.mark.usefixtures("worker")
 def test_html_in_chunks_is_shown_as_text(page: Page, dashboard_server: ServerProcess) -> None:
-    """Chunks that look like HTML (or a javascript: link) are shown as their text, in the List
-    and the Text view: no element is made of them and no script runs."""
+    """Chunks that look like HTML (or a javascript: link) are shown as their text, in the Text
+    and the Chunks view: no element is made of them and no script runs."""
     dialogs: list[str] = []
 
     def on_dialog(dialog: Dialog) -> None:
@@ -263,15 +169,15 @@ def test_html_in_chunks_is_shown_as_text(page: Page, dashboard_server: ServerPro
     view = page.locator(".stream-view")
     expect(view.locator(".status")).to_have_text("Complete")
 
-    expect(view.locator("li.chunk .chunk-value")).to_have_text([image, script])
-    expect(view.locator("img")).to_have_count(0)
-
-    view.get_by_role("button", name="Text").click()
     expect(view.locator(".stream-body .markdown p")).to_have_text(
         [image, "<script>window.__injected = true</script> [link](javascript:alert(2))"]
     )
     for selector in ("img", "script", "a"):
         expect(view.locator(f".stream-body {selector}")).to_have_count(0)
+
+    view.get_by_role("button", name="Chunks").click()
+    expect(view.locator("li.chunk .chunk-value")).to_have_text([image, script])
+    expect(view.locator("img")).to_have_count(0)
     assert page.locator("img").count() == 0
     assert page.evaluate("window.__injected") is None
     assert dialogs == []
@@ -298,18 +204,6 @@ def sockets_for_the_views() -> None:
         if hard != resource.RLIM_INFINITY and hard < needed:
             pytest.skip(f"{VIEWS} views need {needed} open files; the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
-def gunicorn_worker_pid(server: ServerProcess) -> int:
-    """The single gunicorn worker process: the arbiter's only child."""
-    arbiter = server.process.pid
-    deadline = time.monotonic() + HANG_GUARD
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
-        if len(children) == 1:
-            return int(children[0])
-        time.sleep(0.05)
-    raise AssertionError(f"gunicorn's arbiter {arbiter} has no single worker: {children}")
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,20 @@ from runstream.components import mount
 
 from ..core.hub import Commit
 from ..runtime import runtime, runtime_of
-from .guards import DashboardSessions, loopback_only_without_auth, same_origin_only
+from . import stream_text
+from .guards import (
+    SIGNED_IN,
+    DashboardSessions,
+    loopback_only_without_auth,
+    same_origin_only,
+    signed_in,
+)
 from .pages import RUNS_TOPIC, Dashboard
 
 # The dashboard's CSS and script: a folder inside the installed package, wherever that is.
 STATIC_FOLDER = str(files("runstream.static"))
 STATIC_SUFFIXES = (".css", ".js", ".svg", ".ico")
-# The session's mark of a browser signed in with the secret key.
-SIGNED_IN = "dashboard"
+FAVICON = "/static/favicon.svg"
 
 
 def init_app(app: Flask) -> None:
@@ -54,13 +60,20 @@ def init_app(app: Flask) -> None:
         head=[
             html.title("Runstream"),
             html.meta({"name": "viewport", "content": "width=device-width, initial-scale=1"}),
+            html.meta({"name": "color-scheme", "content": "light dark"}),
+            html.link({"rel": "icon", "href": FAVICON, "type": "image/svg+xml"}),
             html.link({"rel": "stylesheet", "href": "/static/runstream.css"}),
+            html.link({"rel": "stylesheet", "href": "/static/stream-view.css"}),
             html.script({"src": "/static/runstream.js", "defer": True}),
+            html.script({"src": "/static/stream-view.js", "defer": True}),
         ],
         allowed=signed_in,
     )
+    stream_text.init_app(app, signed_in)
     app.add_url_rule("/static/<path:filename>", endpoint="static", view_func=static_file)
     app.add_url_rule("/", endpoint="home", view_func=lambda: redirect("/runs"))
+    # Browsers ask for /favicon.ico by themselves, on every page (the sign-in page too).
+    app.add_url_rule("/favicon.ico", endpoint="favicon", view_func=lambda: redirect(FAVICON))
     app.add_url_rule("/login", endpoint="login", view_func=login, methods=["GET", "POST"])
     app.add_url_rule("/logout", endpoint="logout", view_func=logout, methods=["POST"])
     app.register_error_handler(
@@ -87,10 +100,6 @@ def static_file(filename: str) -> Response:
     return send_from_directory(STATIC_FOLDER, filename)
 
 
-def signed_in() -> bool:
-    return runtime().auth.disabled or session.get(SIGNED_IN) is True
-
-
 def login() -> ResponseReturnValue:
     """A one-field form for the secret key; the session cookie remembers it."""
     error = ""
@@ -102,14 +111,23 @@ def login() -> ResponseReturnValue:
             session.clear()  # a fresh session: nothing of one from before the sign-in
             session[SIGNED_IN] = True
             return redirect(target)
-        error = "<p class='error'>That is not this server's secret key.</p>"
+        error = (
+            "<p class='error' id='secret-key-error' role='alert'>"
+            "That is not this server's secret key.</p>"
+        )
+    described = "secret-key-hint secret-key-error" if error else "secret-key-hint"
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Sign in · Runstream</title><link rel="stylesheet" href="/static/runstream.css"></head>
-<body class="login"><form method="post"><h1>Runstream</h1>
-<label>Secret key <input name="secret_key" type="password" autofocus required></label>
-{error}<button>Sign in</button>
-<p class="hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
-<code>secret_key</code> file of the server's instance folder.</p></form></body></html>"""
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>Sign in · Runstream</title><link rel="icon" href="{FAVICON}" type="image/svg+xml">
+<link rel="stylesheet" href="/static/runstream.css"></head>
+<body class="login"><main><form method="post"><h1>Runstream</h1>
+<label for="secret-key">Secret key</label>
+<input id="secret-key" name="secret_key" type="password" autocomplete="current-password"
+ autofocus required aria-describedby="{described}">
+{error}<button type="submit">Sign in</button>
+<p class="hint" id="secret-key-hint">The key is in <code>RUNSTREAM_SECRET_KEY</code>, or in the
+<code>secret_key</code> file of the server's instance folder.</p></form></main></body></html>"""
     return Response(page, status=401 if error else 200, content_type="text/html; charset=utf-8")
 
 

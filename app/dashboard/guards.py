@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, request, session
 from flask.sessions import SecureCookieSessionInterface
 from reactpy.backend._common import STREAM_PATH
 
 from ..runs.auth import is_loopback
 from ..runtime import runtime
 
+# The session's mark of a browser signed in with the secret key.
+SIGNED_IN = "dashboard"
 # The dashboard's endpoints that change something: the sign-in and the sign-out.
 FORMS = frozenset({"login", "logout"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -46,6 +48,13 @@ class DashboardSessions(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return super().get_cookie_secure(app) or request.is_secure
+
+
+def signed_in() -> bool:
+    """The request comes from a browser signed in with the secret key, or authentication is
+    disabled (and the client is on this machine: :func:`loopback_only_without_auth`). Only
+    such a browser sees the pages, and may cancel and trigger runs from them."""
+    return runtime().auth.disabled or session.get(SIGNED_IN) is True
 
 
 def loopback_only_without_auth() -> Response | None:

@@ -19,16 +19,33 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from runstream.identifiers import check_run_id, check_task_id
 
 from ..core.clock import format_timestamp, utcnow
 from ..core.errors import Conflict, Invalid, NotFound
 from ..db import is_sqlite, reading, writing
-from ..db.models import Run
+from ..db.models import Run, Stream, UTCDateTime
 
 runs_table = cast(Table, Run.__table__)
+streams_table = cast(Table, Stream.__table__)
+# A run's streams are at runs/<run_id>/<key> (see .run_streams); run ids hold no "/", so in
+# byte order they all sort after "runs/<run_id>/" and before "runs/<run_id>0" ("0" follows "/").
+STREAM_PREFIX = "runs/"
 
 MAX_PAGE_SIZE = 100
 
@@ -101,6 +118,27 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RunSummary:
+    """What a list of runs shows of each: no payload, output or error, which may be megabytes
+    each and are shown on the run's own page only; and how many live streams the run has."""
+
+    id: str
+    task_id: str
+    status: RunStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    stream_count: int
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return int((end - self.started_at).total_seconds() * 1000)
+
+
+@dataclass(frozen=True)
 class RunPage:
     runs: list[RunRecord]
     next_cursor: str | None
@@ -160,6 +198,18 @@ class Runs:
             ).all()
         return [RunRecord.from_row(row) for row in rows]
 
+    def child_ids(self, run_id: str) -> list[str]:
+        """The ids of the run's children, oldest first: what a run's page links to (their
+        payloads are theirs to show)."""
+        with reading(self.engine) as conn:
+            return list(
+                conn.execute(
+                    select(runs_table.c.id)
+                    .where(runs_table.c.parent_run_id == run_id)
+                    .order_by(runs_table.c.created_at, runs_table.c.id)
+                ).scalars()
+            )
+
     def page(
         self,
         *,
@@ -197,6 +247,90 @@ class Runs:
         more = len(found) > limit
         found = found[:limit]
         return RunPage(found, found[-1].id if more else None)
+
+    def summaries(
+        self, *, status: str | None = None, task_contains: str = "", limit: int = 50
+    ) -> list[RunSummary]:
+        """The newest ``limit`` runs, with their counts of live streams, in one query: what
+        the dashboard's list of runs shows. ``task_contains`` keeps the runs whose task id
+        contains it, whatever its case (``%`` and ``_`` in it are plain characters)."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise Invalid(f"limit must be from 1 to {MAX_PAGE_SIZE}, not {limit}")
+        query = select(
+            runs_table.c.id,
+            runs_table.c.task_id,
+            runs_table.c.status,
+            runs_table.c.created_at,
+            runs_table.c.started_at,
+            runs_table.c.finished_at,
+        )
+        if status is not None:
+            query = query.where(runs_table.c.status == _status(status).value)
+        if task_contains:
+            escaped = task_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(runs_table.c.task_id.ilike(f"%{escaped}%", escape="\\"))
+        listed = (
+            query.order_by(runs_table.c.created_at.desc(), runs_table.c.id.desc())
+            .limit(limit)
+            .subquery("listed")
+        )
+        counted = select(
+            *listed.c, self._live_stream_count(listed.c.id).label("stream_count")
+        ).order_by(listed.c.created_at.desc(), listed.c.id.desc())
+        with reading(self.engine) as conn:
+            rows = conn.execute(counted).all()
+        return [
+            RunSummary(
+                id=row.id,
+                task_id=row.task_id,
+                status=RunStatus(row.status),
+                created_at=row.created_at,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+                stream_count=row.stream_count,
+            )
+            for row in rows
+        ]
+
+    def _live_stream_count(self, run_id: ColumnElement[str]) -> ColumnElement[int]:
+        """How many live streams (neither deleted nor expired) the run ``run_id`` has: a count
+        of a range of the streams' unique path index, compared in byte order."""
+        path: ColumnElement[str] = streams_table.c.path
+        if not is_sqlite(self.engine):
+            path = path.collate("C")  # byte order, whatever the database's collation
+        now = utcnow()
+        return (
+            select(func.count())
+            .where(
+                path > literal(STREAM_PREFIX) + run_id + "/",
+                path < literal(STREAM_PREFIX) + run_id + "0",
+                streams_table.c.deleted.is_(False),
+                or_(streams_table.c.expires_at.is_(None), streams_table.c.expires_at > now),
+                or_(
+                    streams_table.c.retention_seconds.is_(None),
+                    self._still_within(
+                        streams_table.c.written_at, streams_table.c.retention_seconds, now
+                    ),
+                ),
+                or_(
+                    streams_table.c.ttl_seconds.is_(None),
+                    self._still_within(
+                        streams_table.c.touched_at, streams_table.c.ttl_seconds, now
+                    ),
+                ),
+            )
+            .scalar_subquery()
+        )
+
+    def _still_within(
+        self, start: ColumnElement[datetime], seconds: ColumnElement[int], now: datetime
+    ) -> ColumnElement[bool]:
+        """``start + seconds`` is still ahead of ``now``: SQL for the store's expiry rule
+        (``StreamRow.is_expired``), in each database's own date arithmetic."""
+        if is_sqlite(self.engine):
+            moment = literal(now, UTCDateTime())
+            return func.julianday(start) + seconds / 86400.0 > func.julianday(moment)
+        return start + seconds * literal_column("interval '1 second'") > now
 
     # -- the worker's side -------------------------------------------------------------------
 
