@@ -25,13 +25,13 @@ from sqlalchemy import Engine
 from runstream.reading import LOCAL_SOURCE
 
 from .config import DEFAULTS, Settings, instance_path_from
-from .core.hub import Hub, InProcessHub
+from .core.hub import Commit, Hub, InProcessHub
 from .core.store import Store
 from .db import make_engine, migrations
 from .runs.auth import Auth, load_or_create_secret_key
 from .runs.reading import InProcessChunkSource
 from .runs.run_streams import RunStreams
-from .runs.runs import Runs
+from .runs.runs import RUNS_TOPIC, Runs
 from .runtime import EXTENSION, Runtime, runtime, runtime_of
 
 __all__ = ["Runtime", "create_app", "runtime", "runtime_of"]
@@ -74,12 +74,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         max_message_bytes=settings.max_chunk_bytes,
     )
     runs = Runs(engine)
+    runs.on_change(lambda _run: hub.publish(Commit.changed(RUNS_TOPIC)))
     run_streams = RunStreams(
         store,
         runs,
         retention_seconds=settings.run_stream_retention_seconds,
         writer_timeout=settings.writer_timeout,
     )
+    auth = Auth(secret_key, disabled=settings.auth_disabled)
     app.extensions[EXTENSION] = Runtime(
         settings=settings,
         engine=engine,
@@ -87,12 +89,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         store=store,
         runs=runs,
         run_streams=run_streams,
-        auth=Auth(secret_key, disabled=settings.auth_disabled),
+        auth=auth,
         secret_key_file=secret_key_file,
     )
     # The hooks of the dashboard's pages read run streams through this, in-process.
     app.extensions[LOCAL_SOURCE] = InProcessChunkSource(
-        run_streams, hub, max_read_bytes=settings.max_read_bytes
+        run_streams, hub, auth, max_read_bytes=settings.max_read_bytes
     )
 
     from . import dashboard, faces, guards

@@ -25,7 +25,6 @@ from reactpy import html
 
 from runstream.components import mount
 
-from ..core.hub import Commit
 from ..runtime import runtime, runtime_of
 from . import stream_text
 from .guards import (
@@ -35,7 +34,7 @@ from .guards import (
     same_origin_only,
     signed_in,
 )
-from .pages import RUNS_TOPIC, Dashboard
+from .pages import Dashboard
 
 # The dashboard's CSS and script: a folder inside the installed package, wherever that is.
 STATIC_FOLDER = str(files("runstream.static"))
@@ -52,7 +51,6 @@ def init_app(app: Flask) -> None:
     # this machine may be served.
     app.before_request(loopback_only_without_auth)
     app.before_request(same_origin_only)
-    app_runtime.runs.on_change(lambda _run: app_runtime.hub.publish(Commit.changed(RUNS_TOPIC)))
     mount(
         app,
         "/runs",

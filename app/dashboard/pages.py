@@ -27,11 +27,10 @@ from runstream.components import StreamView
 
 from ..core.clock import format_timestamp, utcnow
 from ..core.follower import AsyncTopicWatch
-from ..runs.runs import RunRecord, RunStatus, RunSummary
+from ..runs.runs import RUNS_TOPIC, RunRecord, RunStatus, RunSummary
 from ..runtime import Runtime, runtime
 from .guards import signed_in
 
-RUNS_TOPIC = "runs"
 # How often a page loads again without news: a run's page while the run has not ended, for the
 # streams it creates (the hub has no news of a new stream of a run); any other page only as a
 # safety net.

@@ -36,7 +36,7 @@ from ..core.follower import AsyncTopicWatch
 from ..core.hub import Commit
 from ..core.json_messages import parse_strict
 from ..runs.auth import READ_RUN_PREFIX, Principal, parse_duration
-from ..runs.runs import MAX_PAGE_SIZE, RunRecord
+from ..runs.runs import MAX_PAGE_SIZE, RUNS_TOPIC, RunRecord
 from ..runtime import Runtime, runtime, runtime_of
 from . import live
 from .errors import REFUSALS, answer_for, http_headers, message_of
@@ -44,8 +44,6 @@ from .requests import caller, read_body
 
 PREFIX = "/api/"
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
-# The hub topic on which every change of a run is announced (the dashboard publishes it).
-RUNS_TOPIC = "runs"
 # How long a wait for a run's change may be: the SDK asks for at most 20 s (its
 # runstream.runs.MAX_WAIT_SECONDS, under its read timeout); other clients may wait longer.
 MAX_RUN_WAIT_SECONDS = 60

@@ -46,6 +46,9 @@ streams_table = cast(Table, Stream.__table__)
 # A run's streams are at runs/<run_id>/<key> (see .run_streams); run ids hold no "/", so in
 # byte order they all sort after "runs/<run_id>/" and before "runs/<run_id>0" ("0" follows "/").
 STREAM_PREFIX = "runs/"
+# The hub topic on which every change of a run (triggered, claimed, ended) is announced, once it
+# commits: run pages, the runs list and the runs API's long-poll wait on it (create_app wires it).
+RUNS_TOPIC = "runs"
 
 MAX_PAGE_SIZE = 100
 
