@@ -218,6 +218,7 @@ def use_stream_reading(
                     key,
                     start_index=state.next_index,
                     timeout_in_seconds=timeout_in_seconds,
+                    access_token=access_token,
                 )
             else:
                 chunks = await streams.read(

@@ -85,8 +85,16 @@ class WriteTimes(Protocol):
 
 class ChunkSource(Protocol):
     """Reads run streams: from ``start_index`` on, what is stored and then each new chunk, until
-    the stream ends or no chunk came for ``timeout_in_seconds``."""
+    the stream ends or no chunk came for ``timeout_in_seconds``. An ``access_token`` given is
+    checked as a request's would be (it must read the run); without one, the reader is trusted
+    as the page it serves was."""
 
     async def read(
-        self, run_id: str, key: str, *, start_index: int, timeout_in_seconds: int
+        self,
+        run_id: str,
+        key: str,
+        *,
+        start_index: int,
+        timeout_in_seconds: int,
+        access_token: str | None = None,
     ) -> ReadStream[Any]: ...

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ from reactpy.core.types import ComponentType, VdomDict
 from runstream import StreamDefinition, streams
 from runstream.components import RealtimeStream, use_realtime_stream
 from runstream.server import Runtime, create_app
-from runstream.server.core.errors import NotFound
+from runstream.server.core.errors import NotFound, NotPermitted
 
 TASK = "hook-test"
 WORKER = "hook-test-worker"
@@ -646,3 +647,27 @@ def test_a_run_that_does_not_exist_sets_error(runtime: Runtime) -> None:
     assert isinstance(probe.last.error, NotFound)
     assert probe.last.parts is None
     assert probe.last.is_complete is False
+
+
+def test_an_access_token_in_process_reads_only_the_runs_it_may(runtime: Runtime) -> None:
+    """Inside the server the hook reads in-process; a token it is given is still checked: one
+    that may read another run is refused, one that may read this run reads it."""
+    run_id, other_id = new_run(runtime), runtime.runs.trigger(TASK, None).id
+    Writer(runtime, run_id).write("visible")
+    hour = timedelta(hours=1)
+    refused, allowed = Probe(), Probe()
+    wrong_token = runtime.auth.create_public_token([f"read:runs:{other_id}"], hour)
+    right_token = runtime.auth.create_public_token([f"read:runs:{run_id}"], hour)
+
+    async def scenario() -> None:
+        async with view(
+            Viewer(refused, run_id, access_token=wrong_token),
+            Viewer(allowed, run_id, access_token=right_token),
+        ):
+            await until(lambda: refused.last.error is not None, "the wrong token is refused")
+            await until(lambda: allowed.parts == ["visible"], "the right token reads")
+
+    run(scenario)
+    assert isinstance(refused.last.error, NotPermitted)
+    assert refused.last.parts is None
+    assert allowed.last.error is None

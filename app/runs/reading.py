@@ -15,18 +15,31 @@ from runstream.reading import ReadProgress, ReadStream
 
 from ..core.follower import AsyncFollower, Batch
 from ..core.hub import Hub
+from .auth import Auth
 from .run_streams import RunStreamReading, RunStreams
 
 
 class InProcessChunkSource:
-    def __init__(self, run_streams: RunStreams, hub: Hub, *, max_read_bytes: int) -> None:
+    def __init__(
+        self, run_streams: RunStreams, hub: Hub, auth: Auth, *, max_read_bytes: int
+    ) -> None:
         self._run_streams = run_streams
         self._hub = hub
+        self._auth = auth
         self._max_read_bytes = max_read_bytes
 
     async def read(
-        self, run_id: str, key: str, *, start_index: int, timeout_in_seconds: int
+        self,
+        run_id: str,
+        key: str,
+        *,
+        start_index: int,
+        timeout_in_seconds: int,
+        access_token: str | None = None,
     ) -> ReadStream[Any]:
+        if access_token is not None:
+            principal = self._auth.authenticate_in_process(access_token)
+            principal.require_run(run_id)
         reading = await asyncio.to_thread(
             RunStreamReading, self._run_streams, run_id, key, self._max_read_bytes
         )
