@@ -15,10 +15,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 
 from runstream.identifiers import InvalidIdentifier
 from runstream.server.core.errors import Conflict, Invalid, NotFound
+from runstream.server.core.store import CreateRequest, Store
 from runstream.server.db import is_sqlite
 from runstream.server.runs.runs import RunRecord, Runs, RunStatus
 
@@ -374,6 +375,64 @@ def test_page_refuses_bad_status_and_limit(runs: Runs) -> None:
         runs.page(limit=101)
     with pytest.raises(InvalidIdentifier, match="invalid cursor"):
         runs.page(cursor="nonsense")
+
+
+def test_summaries_list_newest_runs_with_their_live_stream_counts_in_one_query(
+    engine: Engine, store: Store
+) -> None:
+    """What the dashboard's list shows, in one statement however many runs: newest first, with
+    each run's live streams counted (not a deleted one, nor another run's whose id it begins)."""
+    runs = Runs(engine)
+    triggered = [runs.trigger("report", {"n": n}) for n in range(5)]
+    first, second = triggered[0].id, triggered[1].id
+    for path in (f"runs/{first}/a", f"runs/{first}/b", f"runs/{first}/gone", f"runs/{second}/a"):
+        store.create(path, CreateRequest("application/json"))
+    store.delete(f"runs/{first}/gone")
+    # Paths that share the run id's beginning but belong to no stream of its run.
+    store.create(f"runs/{first}x/a", CreateRequest("application/json"))
+    store.create(f"runs/{first}-other/a", CreateRequest("application/json"))
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statement = args[2]
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        summaries = runs.summaries()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    assert len(statements) == 1
+    assert [summary.id for summary in summaries] == [run.id for run in reversed(triggered)]
+    counts = {summary.id: summary.stream_count for summary in summaries}
+    assert counts == {run.id: {first: 2, second: 1}.get(run.id, 0) for run in triggered}
+    assert "payload" not in statements[0]
+
+
+def test_summaries_filter_by_status_and_by_any_part_of_the_task_id(runs: Runs) -> None:
+    """The task filter matches a substring in any case; % and _ in it are plain characters."""
+    plain = runs.trigger("ai.Summarize", None)
+    underscore = runs.trigger("load_100", None)
+    other = runs.trigger("loadX100Y", None)
+    runs.claim("worker-1", ["loadX100Y"])
+
+    def listed(**filters: Any) -> list[str]:
+        return [summary.id for summary in runs.summaries(**filters)]
+
+    assert listed(task_contains="summ") == [plain.id]
+    assert listed(task_contains="SUMMARIZE") == [plain.id]
+    assert listed(task_contains="d_1") == [underscore.id]
+    assert listed(task_contains="%") == []
+    assert listed(task_contains="100") == [other.id, underscore.id]
+    assert listed(status="EXECUTING") == [other.id]
+    assert listed(status="queued", task_contains="load") == [underscore.id]
+    assert listed(limit=1) == [other.id]
+    with pytest.raises(Invalid, match="limit"):
+        runs.summaries(limit=0)
+    with pytest.raises(Invalid, match="unknown status"):
+        runs.summaries(status="RUNNING")
 
 
 def test_cursor_walks_every_run_exactly_once(runs: Runs) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import ServerProcess, start_server
-from test_dashboard import (
+from dashboard_support import (  # the shared fixtures, used by name below
     browser,
     dashboard_server,
     page,
@@ -36,7 +36,6 @@ with contextlib.suppress(ImportError):  # without Playwright the browser tests s
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-# The fixtures of the browser tests, shared with the dashboard's.
 __all__ = ["browser", "dashboard_server", "page", "signed_in", "worker"]
 
 HANG_GUARD = 60.0
