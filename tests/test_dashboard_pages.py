@@ -7,6 +7,7 @@ their zone, and a 375 px layout without sideways scrolling, with screenshots of 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,3 +123,59 @@ def test_pages_fit_and_are_screenshotted(
             expect(shown.locator("h1")).to_have_text("Runstream")
         assert no_sideways_scroll(shown), f"{path} scrolls sideways at {width} px"
         save_screenshot(shown, tmp_path, f"{name}-{scheme}-{width}.png", full_page=True)
+
+
+@pytest.mark.usefixtures("worker")
+def test_an_executing_run_says_it_runs_and_its_times_are_relative_and_local(
+    page: Page, dashboard_server: ServerProcess
+) -> None:
+    """While a run executes its output says so (never a bare ``null``), its times read as how
+    long ago, with the full local moment and UTC on hovering, and its duration counts on."""
+    chunks = [f"tick {number} " for number in range(40)]
+    run_id = trigger(dashboard_server, "e2e.pipe", {"chunks": chunks, "delay": 0.25})
+    page.goto(f"{dashboard_server.url}/runs/{run_id}")
+    expect(page.locator("article.run")).to_have_attribute("data-status", "EXECUTING")
+    expect(page.locator(".output.pending")).to_contain_text("Running")
+    expect(page.locator("pre.output")).to_have_count(0)
+    # The timeline gives the moment in the reader's zone, and how long ago on hovering.
+    created = page.locator(".timeline time").first
+    expect(created).to_have_text(re.compile(r"\d{1,2}:\d{2}:\d{2}.* UTC$"))
+    expect(created).to_have_attribute("title", re.compile(r"(just now|ago) · .* UTC$"))
+    running = page.locator(".duration-box .duration")
+    first = running.text_content()
+    expect(running).not_to_have_text(first or "")  # it counted on, in the browser
+    # The list gives how long ago, and the moment on hovering.
+    page.goto(f"{dashboard_server.url}/runs")
+    listed = page.locator(f'tr[data-run-id="{run_id}"] time').first
+    expect(listed).to_have_text(re.compile(r"just now|ago"))
+    expect(listed).to_have_attribute("title", re.compile(r"\d{1,2}:\d{2}:\d{2}.* UTC"))
+
+
+def test_a_waiting_page_sends_nothing_while_its_durations_tick(
+    page: Page, dashboard_server: ServerProcess
+) -> None:
+    """A queued run's page renders again on news only: for seconds without news its view's
+    websocket brings no update, while the time it has waited still counts on in the browser."""
+    frames: list[str | bytes] = []
+    page.on(
+        "websocket", lambda socket: socket.on("framereceived", lambda frame: frames.append(frame))
+    )
+    run_id = trigger(dashboard_server, "e2e.unserved.quiet", None)
+    page.goto(f"{dashboard_server.url}/runs/{run_id}")
+    waiting = page.locator(".timeline .between .duration").first
+    expect(waiting).to_be_visible()
+    page.wait_for_timeout(500)  # the first load's updates
+    frames.clear()
+    shown = waiting.text_content()
+    page.wait_for_timeout(3_000)  # past the page's recheck while its run has not ended (2 s)
+    assert waiting.text_content() != shown
+    assert frames == []
+
+
+def test_the_favicon_is_served(page: Page, dashboard_server: ServerProcess) -> None:
+    page.goto(f"{dashboard_server.url}/login")
+    href = page.locator("link[rel=icon]").get_attribute("href") or ""
+    icon = page.request.get(f"{dashboard_server.url}{href}")
+    assert icon.status == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml")
+    assert page.request.get(f"{dashboard_server.url}/favicon.ico").url.endswith(href)
