@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -27,7 +26,15 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, ServerProcess, free_port, start_server
+from conftest import ServerProcess, free_port, start_server
+from doc_blocks import (
+    Block,
+    assert_formatted_and_lint_clean,
+    blocks_of,
+    example_env,
+    files_of,
+    shell_command,
+)
 from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,38 +42,13 @@ PAGE = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
 TIMEOUT = 60
 
 
-@dataclass(frozen=True)
-class Block:
-    language: str
-    text: str
-
-    @property
-    def name(self) -> str | None:
-        """The file a block is, from a first line such as ``# shout_app.py``."""
-        first = self.text.splitlines()[0] if self.text else ""
-        found = re.fullmatch(r"# ([\w/]+\.py)", first.strip())
-        return found.group(1) if found else None
-
-
-BLOCKS = [
-    Block(match.group(1), match.group(2))
-    for match in re.finditer(r"^```([\w-]*)\n(.*?)^```[ \t]*$", PAGE, re.MULTILINE | re.DOTALL)
-]
+BLOCKS = blocks_of(PAGE)
 PYTHON = [block for block in BLOCKS if block.language == "python"]
-FILES = {block.name: block for block in PYTHON if block.name}
+FILES = files_of(BLOCKS)
 
 
 def page_command(prefix: str) -> list[str]:
-    """The page's one shell line that starts with ``prefix``, split into words."""
-    lines = [
-        line.strip()
-        for block in BLOCKS
-        if block.language == "sh"
-        for line in block.text.splitlines()
-        if line.strip().startswith(prefix)
-    ]
-    assert len(lines) == 1, f"docs/hooks.md should have one `{prefix}…` command, has {lines}"
-    return shlex.split(lines[0].removesuffix("&").split(" #")[0])
+    return shell_command(BLOCKS, prefix, "docs/hooks.md")
 
 
 def test_the_page_has_the_example_files() -> None:
@@ -86,18 +68,7 @@ def test_every_python_block_compiles_and_imports_names_that_exist(block: Block) 
 
 @pytest.mark.parametrize("block", FILES.values(), ids=lambda block: block.name)
 def test_every_example_file_is_formatted_and_lint_clean(block: Block) -> None:
-    if importlib.util.find_spec("ruff") is None:
-        pytest.skip("ruff is not installed (it comes with the test extras)")
-    for arguments in (["format", "--diff"], ["check", "--no-cache"]):
-        ran = subprocess.run(
-            [sys.executable, "-m", "ruff", *arguments, "--stdin-filename", "example.py", "-"],
-            input=block.text,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=30,
-        )
-        assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert_formatted_and_lint_clean(block.text)
 
 
 # -- the example, run --------------------------------------------------------------------------
@@ -140,12 +111,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     for name, block in FILES.items():
         (folder / name).write_text(block.text)
     server = start_server(folder / "instance")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "RUNSTREAM_API_URL": server.url,
-        "RUNSTREAM_SECRET_KEY": SECRET_KEY,
-    }
+    env = example_env(folder, server.url)
     worker_command = page_command("runstream worker ")
     worker = started(["runstream.server", *worker_command[1:]], folder, env, folder / "worker.log")
     gunicorn_command = page_command("gunicorn ")

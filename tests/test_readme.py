@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -28,7 +27,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SECRET_KEY, ServerProcess, free_port, start_server
+from conftest import ServerProcess, free_port, start_server
+from doc_blocks import (
+    SHELLS,
+    Block,
+    assert_formatted_and_lint_clean,
+    blocks_of,
+    example_env,
+    files_of,
+    shell_command,
+)
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,42 +48,23 @@ SCRIPT_TIMEOUT = 60
 ANSWER = "Durable streams never lose a token."
 
 
-@dataclass(frozen=True)
-class Block:
-    language: str
-    text: str
-    position: int
-
-    @property
-    def name(self) -> str | None:
-        """The file a block is, from a first line such as ``# myapp/tasks.py``."""
-        first = self.text.splitlines()[0] if self.text else ""
-        found = re.fullmatch(r"# ([\w/]+\.py)", first.strip())
-        return found.group(1) if found else None
-
-
-BLOCKS = [
-    Block(match.group(1), match.group(2), match.start())
-    for match in re.finditer(r"^```([\w-]*)\n(.*?)^```[ \t]*$", README, re.MULTILINE | re.DOTALL)
-]
+BLOCKS = blocks_of(README)
 PYTHON = [block for block in BLOCKS if block.language == "python"]
-FILES = {block.name: block for block in PYTHON if block.name}
+FILES = files_of(BLOCKS)
 
 
 def shell_lines() -> list[str]:
     return [
         line.strip()
         for block in BLOCKS
-        if block.language in ("sh", "bash", "shell")
+        if block.language in SHELLS
         for line in block.text.splitlines()
     ]
 
 
 def readme_command(prefix: str) -> list[str]:
     """The README's one shell line that starts with ``prefix``, split into words."""
-    lines = [line for line in shell_lines() if line.startswith(prefix)]
-    assert len(lines) == 1, f"the README should have one `{prefix}…` command, has {lines}"
-    return shlex.split(lines[0].split(" #")[0])
+    return shell_command(BLOCKS, prefix, "the README")
 
 
 def expected_output(script: str) -> str:
@@ -136,25 +125,9 @@ def test_every_python_block_compiles_and_imports_only_names_that_exist(block: Bl
                 assert importlib.util.find_spec(top) is not None, f"{top} is not installed"
 
 
-def ruff(*arguments: str, source: str) -> subprocess.CompletedProcess[str]:
-    if importlib.util.find_spec("ruff") is None:
-        pytest.skip("ruff is not installed (it comes with the test extras)")
-    return subprocess.run(
-        [sys.executable, "-m", "ruff", *arguments, "--stdin-filename", "readme_example.py", "-"],
-        input=source,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,  # the repository's ruff settings: line length 100, its lint rules
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize("block", PYTHON, ids=lambda block: block.name or str(block.position))
 def test_every_python_block_is_formatted_and_lint_clean(block: Block) -> None:
-    formatted = ruff("format", "--diff", source=block.text)
-    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
-    linted = ruff("check", "--no-cache", source=block.text)
-    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert_formatted_and_lint_clean(block.text)
 
 
 # -- the examples, run against a real server and the README's worker command ---------------------
@@ -189,12 +162,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Folder]:
     for name, block in FILES.items():
         (path / name).write_text(block.text)
     server = start_server(path / "instance")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(path), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "RUNSTREAM_API_URL": server.url,
-        "RUNSTREAM_SECRET_KEY": SECRET_KEY,
-    }
+    env = example_env(path, server.url)
     command = readme_command("runstream worker ")
     log_path = path / "worker.log"
     with log_path.open("wb") as log:

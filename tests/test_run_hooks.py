@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import pytest
 from conftest import AUTH, POSTGRES_URL, REDIS_URL, ServerProcess, reset_postgres, start_server
-from flask import Flask
+from layout_support import WAIT, View, app, run, runtime, until
 from reactpy import component, html, use_state
-from reactpy.core.layout import Layout
 from reactpy.core.types import ComponentType, VdomDict
 
 from runstream.components import (
@@ -36,68 +31,20 @@ from runstream.components import (
 )
 from runstream.errors import ApiError
 from runstream.runs import Run
-from runstream.server import Runtime, create_app
+from runstream.server import Runtime
 from runstream.server.db import make_engine
 from runstream.server.runs.auth import READ_RUN_PREFIX
+
+__all__ = ["app", "runtime"]  # the shared fixtures, used by name below
 
 TASK = "run-hooks-task"
 OTHER_TASK = "run-hooks-other"
 WORKER = "run-hooks-worker"
-# Generous, only so that a hook that never delivers fails instead of hanging the suite.
-WAIT = 15.0
 # How long the tests give a stopped or disabled hook to (wrongly) show a change.
 SETTLE = 0.3
 
 
 # -- rendering ---------------------------------------------------------------------------------
-
-
-class View:
-    """A mounted Layout rendered continuously by one background task until it closes."""
-
-    def __init__(self, root: ComponentType) -> None:
-        self.layout = Layout(root)
-        self._renders: asyncio.Task[None] | None = None
-        self.render_count = 0
-
-    async def __aenter__(self) -> View:
-        await self.layout.__aenter__()
-        self._renders = asyncio.create_task(self._render_forever())
-        await until(lambda: self.render_count > 0, "the view renders")
-        return self
-
-    async def _render_forever(self) -> None:
-        while True:
-            await self.layout.render()
-            self.render_count += 1
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self._renders is not None
-        if self._renders.done():
-            self._renders.result()  # a render that raised fails the test
-        self._renders.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._renders
-        await self.layout.__aexit__(exc_type, exc, traceback)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait until ``condition()`` holds; fail (not hang) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting until {what}")
-        await asyncio.sleep(0.005)
-
-
-def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run one scenario in its own event loop (asyncio.run copies a pushed app context)."""
-    asyncio.run(scenario())
 
 
 async def off_loop(function: Callable[..., Any], *args: Any) -> Any:
@@ -183,21 +130,6 @@ def Row(*children: ComponentType) -> VdomDict:
 
 
 # -- in-process: a Runstream app's hooks -------------------------------------------------------
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    """A Runstream app on an SQLite file, with its app context pushed for the whole test."""
-    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "rs_sk_0123456789"})
-    with app.app_context():
-        yield app
-    app.extensions["runstream"].close()
-
-
-@pytest.fixture
-def runtime(app: Flask) -> Runtime:
-    value: Runtime = app.extensions["runstream"]
-    return value
 
 
 def token(runtime: Runtime, *scopes: str) -> str:

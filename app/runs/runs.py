@@ -114,10 +114,7 @@ class RunRecord:
 
     @property
     def duration_ms(self) -> int | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return int((end - self.started_at).total_seconds() * 1000)
+        return _duration_ms(self.started_at, self.finished_at)
 
 
 @dataclass(frozen=True)
@@ -135,10 +132,7 @@ class RunSummary:
 
     @property
     def duration_ms(self) -> int | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return int((end - self.started_at).total_seconds() * 1000)
+        return _duration_ms(self.started_at, self.finished_at)
 
 
 @dataclass(frozen=True)
@@ -512,6 +506,14 @@ def _status(value: str) -> RunStatus:
     except ValueError:
         names = ", ".join(status.value for status in RunStatus)
         raise Invalid(f"unknown status {value!r}: use one of {names}") from None
+
+
+def _duration_ms(started_at: datetime | None, finished_at: datetime | None) -> int | None:
+    """How long a run ran, in milliseconds: until now while it runs; None before it starts."""
+    if started_at is None:
+        return None
+    end = finished_at or utcnow()
+    return int((end - started_at).total_seconds() * 1000)
 
 
 def _timestamp(value: datetime | None) -> str | None:
