@@ -33,6 +33,10 @@ from .growing import ItemLog
 # html=False: text from a stream is shown, never interpreted as HTML.
 markdown = MarkdownIt("commonmark", {"html": False, "linkify": False})
 
+# A stream's headings sit under its page's: the run is the page's h1 and "Streams" an h2, so a
+# Markdown "# Title" is an h3 (and "####" and below are all h6), which keeps the page's outline
+# in order for screen readers.
+HEADING_SHIFT = 2
 # The longest the section being written grows before it is cut at a line break.
 MAX_SECTION_CHARS = 4096
 
@@ -48,7 +52,12 @@ class TextSection:
     def html(self) -> VdomDict:
         """The section rendered, once: only the section being written is ever rendered again,
         as a new section object."""
-        return html_to_vdom(f"<div class='md-section'>{markdown.render(self.markdown or '')}</div>")
+        tokens = markdown.parse(self.markdown or "")
+        for token in tokens:
+            if token.type in ("heading_open", "heading_close"):
+                token.tag = f"h{min(int(token.tag[1]) + HEADING_SHIFT, 6)}"
+        rendered = markdown.renderer.render(tokens, markdown.options, {})
+        return html_to_vdom(f"<div class='md-section'>{rendered}</div>")
 
 
 class TextSections:

@@ -115,3 +115,12 @@ def test_json_chunks_are_sections_of_their_own_between_text() -> None:
     assert [section.markdown for section in items] == ["Before the data.", None, None, "After."]
     assert [section.value for section in items[1:3]] == [{"a": 1}, [2, 3]]
     assert sections.log.final == 3  # the text after the JSON is still being written
+
+
+def test_headings_sit_under_the_pages_own() -> None:
+    """The run page holds the h1 and the h2 above a stream: its "#" is an h3, "######" an h6."""
+    sections = sections_of(["# Top\n\n", "###### Deep\n\n", "text"])
+    rendered_html = str([section.html for section in sections.log.items])
+    assert "'tagName': 'h3'" in rendered_html
+    assert "'tagName': 'h6'" in rendered_html
+    assert "'tagName': 'h1'" not in rendered_html
