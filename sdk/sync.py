@@ -151,8 +151,24 @@ class StreamDefinition(Generic[T]):
 
 
 class _Runs:
-    def retrieve(self, run_id: str, *, access_token: str | None = None) -> Run:
-        return _portal.run(async_runs.retrieve(run_id, access_token=access_token))
+    def retrieve(
+        self,
+        run_id: str,
+        *,
+        access_token: str | None = None,
+        base_url: str | None = None,
+        after: str | None = None,
+        wait_in_seconds: int = 0,
+    ) -> Run:
+        return _portal.run(
+            async_runs.retrieve(
+                run_id,
+                access_token=access_token,
+                base_url=base_url,
+                after=after,
+                wait_in_seconds=wait_in_seconds,
+            )
+        )
 
     def cancel(self, run_id: str) -> Run:
         return _portal.run(async_runs.cancel(run_id))

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ class Face:
     def read_defined(self, run_id: str) -> list[Any]:
         raise NotImplementedError
 
-    def retrieve(self, run_id: str, *, access_token: str | None = None) -> Run:
+    def retrieve(self, run_id: str, **options: Any) -> Run:
         raise NotImplementedError
 
     def wait(self, run_id: str) -> Run:
@@ -208,8 +209,8 @@ class AsyncFace(Face):
 
         return arun(read())
 
-    def retrieve(self, run_id: str, *, access_token: str | None = None) -> Run:
-        return arun(runs.retrieve(run_id, access_token=access_token))
+    def retrieve(self, run_id: str, **options: Any) -> Run:
+        return arun(runs.retrieve(run_id, **options))
 
     def wait(self, run_id: str) -> Run:
         return arun(runs.wait_until_finished(run_id))
@@ -248,10 +249,8 @@ class BlockingFace(Face):
             lambda: list(sdk_tasks.sync_answer.read(run_id, timeout_in_seconds=READ_TIMEOUT)),
         )
 
-    def retrieve(self, run_id: str, *, access_token: str | None = None) -> Run:
-        return within(
-            HANG_GUARD, lambda: runstream.sync.runs.retrieve(run_id, access_token=access_token)
-        )
+    def retrieve(self, run_id: str, **options: Any) -> Run:
+        return within(HANG_GUARD, lambda: runstream.sync.runs.retrieve(run_id, **options))
 
     def wait(self, run_id: str) -> Run:
         return within(HANG_GUARD, lambda: runstream.sync.runs.wait_until_finished(run_id))
@@ -536,6 +535,25 @@ def test_a_read_that_gets_no_data_ends_after_its_timeout_without_error(face: Fac
     assert face.read_on(handle.id, "some", timeout_in_seconds=1, start_index=1) == ([], 1)
     run = face.cancel(handle.id)
     assert run.status == "CANCELED"
+
+
+def test_retrieve_after_waits_for_the_runs_next_change(face: Face) -> None:
+    """``retrieve(after=updated_at, wait_in_seconds=...)`` answers once the run changes (here:
+    canceled while the call waits), or when the wait is over with the run as it was."""
+    handle = face.trigger(never_claimed)
+    queued = face.retrieve(handle.id)
+    canceling = threading.Timer(0.5, lambda: runstream.sync.runs.cancel(handle.id))
+    canceling.start()
+    try:
+        changed = face.retrieve(handle.id, after=queued.updated_at, wait_in_seconds=10)
+    finally:
+        canceling.join()
+    assert changed.status == "CANCELED"
+    assert changed.updated_at != queued.updated_at
+    started = time.monotonic()
+    same = face.retrieve(handle.id, after=changed.updated_at, wait_in_seconds=1)
+    assert same.updated_at == changed.updated_at
+    assert time.monotonic() - started >= 0.9  # it waited for news that never came
 
 
 def test_read_rejects_bad_arguments_before_connecting() -> None:
