@@ -60,10 +60,10 @@ from reactpy.core._life_cycle_hook import LifeCycleHook
 from reactpy.core._thread_local import ThreadLocal
 from reactpy.core.hooks import ConnectionContext
 from reactpy.core.serve import serve_layout
-from reactpy.core.types import RootComponentConstructor, VdomDict
+from reactpy.core.types import LayoutUpdateMessage, RootComponentConstructor, VdomDict
 
-from runstream._whole_sends import send_whole
 from runstream.event_loop import process_loop
+from runstream.whole_sends import send_whole
 from runstream.wire import CLOSE_INVALID, CLOSE_UNAUTHENTICATED
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def mount(
             ),
             carrier=ws,
         )
-        View(ws).serve(Layout(ConnectionContext(root(), value=connection)))
+        View(ws).serve(WholeRenders(ConnectionContext(root(), value=connection)))
 
     @blueprint.before_request
     def uncompressed() -> None:
@@ -230,6 +230,39 @@ def event_of(message: str | bytes) -> dict[str, Any]:
             'a view\'s messages are {"type": "layout-event", "target": <str>, "data": <list>}'
         )
     return event
+
+
+class WholeRenders(Layout):
+    """A Layout whose renders are never cut short: a view that ends while it renders finishes
+    that render first, then unmounts.
+
+    ReactPy 1.1 renders a component tree with awaits between its components (each component's
+    lock; the unmounting of the components a render replaces, which waits for their effects to
+    stop). Cancelled at one of them, the render leaves components that it mounted or began to
+    unmount outside the layout's tree: unmounting the layout never reaches them, so their
+    effects never stop. A stream view's effects read its stream and listen for its chunks; cut
+    off, they read on and render into a layout that is gone ("Failed to schedule render").
+
+    Only the serial rendering that ReactPy uses by default (REACTPY_ASYNC_RENDERING off).
+    """
+
+    async def render(self) -> LayoutUpdateMessage:
+        while True:
+            # Waiting for a component to render again: the one place a cancel is harmless.
+            state_id = await self._rendering_queue.get()
+            state = self._model_states_by_life_cycle_state_id.get(state_id)
+            if state is None:
+                continue  # unmounted since it asked to render
+            rendering = asyncio.ensure_future(self._create_layout_update(state))
+            try:
+                return await asyncio.shield(rendering)
+            except asyncio.CancelledError:
+                # Finish the render, through any further cancel, then end as asked. (An await
+                # of the task itself would pass a cancel on to it.)
+                while not rendering.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([rendering])
+                raise
 
 
 class HookStackPerView(ThreadLocal[list[LifeCycleHook]]):

@@ -38,7 +38,7 @@ from websockets.sync.client import ClientConnection, connect
 from werkzeug.serving import make_server
 
 from runstream.components import mount
-from runstream.components.serving import CLOSE_FELL_BEHIND, OUTBOX_LIMIT
+from runstream.components.serving import CLOSE_FELL_BEHIND, OUTBOX_LIMIT, WholeRenders
 
 # Only against hangs: nothing here is expected to come near it.
 HANG_GUARD = 30.0
@@ -53,6 +53,7 @@ from flask import Flask
 from reactpy import component, html, use_location, use_state
 
 from runstream.components import mount
+from runstream.components.serving import WholeRenders
 
 app = Flask(__name__)
 
@@ -333,3 +334,48 @@ def test_a_view_whose_browser_stops_reading_is_closed_not_buffered() -> None:
                 received += 1
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_FELL_BEHIND
     print(f"the browser read {received} more updates, then close 1013 (outbox: {OUTBOX_LIMIT})")
+
+
+# -- a view that ends while it renders --------------------------------------------------------
+
+
+def test_a_view_ended_midway_through_a_render_stops_every_effect() -> None:
+    """A view may end at any moment of a render (its browser goes away while components are
+    swapped): the render finishes, the layout unmounts, and no effect is left running, at
+    whichever await of the render the end lands."""
+    live: set[int] = set()
+    swaps: list[Any] = []
+
+    @component
+    def Listener(number: int) -> VdomDict:
+        @use_effect(dependencies=[])
+        def listen() -> Any:
+            live.add(number)
+            return lambda: live.discard(number)
+
+        return html.p(number)
+
+    @component
+    def Swapping() -> VdomDict:
+        generation, set_generation = use_state(0)
+        swaps.append(set_generation)
+        first = generation * 100
+        return html.div([Listener(first + index, key=str(first + index)) for index in range(20)])
+
+    async def end_after(ticks: int) -> None:
+        swaps.clear()
+        async with WholeRenders(Swapping()) as layout:
+            await layout.render()
+            await asyncio.sleep(0.01)  # the first listeners' effects start
+            swaps[-1](1)  # every listener is replaced by a new one
+            rendering = asyncio.create_task(layout.render())
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            rendering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rendering
+        await asyncio.sleep(0.01)  # what a stopped effect does, it has done by now
+
+    for ticks in range(60):
+        asyncio.run(end_after(ticks))
+        assert live == set(), f"ended after {ticks} ticks: effects of {sorted(live)} still run"

@@ -169,7 +169,9 @@ def test_sign_out_ends_the_session_and_only_from_the_dashboards_own_page(
 
     with app.app_context():
         shell = Shell(html.p("content"))
-    form = shell["children"][0]["children"][-1]
+    navigation = shell["children"][0]["children"][0]
+    assert navigation["tagName"] == "nav"
+    form = navigation["children"][-1]
     assert form["tagName"] == "form"
     assert form["attributes"]["method"] == "post" and form["attributes"]["action"] == "/logout"
     assert form["children"][0]["children"] == ["Sign out"]

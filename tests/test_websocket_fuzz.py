@@ -224,7 +224,13 @@ class ServerLog:
             self.lines.append(line.decode(errors="replace"))
 
     def errors(self) -> list[str]:
-        return [line for line in self.lines if "Traceback" in line or "failed" in line]
+        """Each error the server logged, with the lines after it (a traceback's frames)."""
+        lines = list(self.lines)
+        return [
+            "".join(lines[index : index + 40])
+            for index, line in enumerate(lines)
+            if "Traceback" in line or "failed" in line
+        ]
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from gevent import monkey
 from wsproto.events import CloseConnection, Ping
 from wsproto.utilities import LocalProtocolError
 
-from runstream._whole_sends import send_whole
 from runstream.identifiers import check_run_id, check_stream_key
+from runstream.whole_sends import send_whole
 from runstream.wire import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID,
