@@ -1,0 +1,143 @@
+"""The servers a benchmark run measures, each started fresh and stopped by the run: Runstream
+(``runstream serve``) and its peer over the same protocol, the Durable Streams Node reference
+server (in memory), started from bench/node/.
+
+Every server is a child process in a session of its own, stopped with its whole process group
+on the way out (:func:`procstat.stop_server`), however the run ends; the reference server also
+stops when its stdin closes, so that a harness killed outright leaves none behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from procstat import stop_server
+
+HOST = "127.0.0.1"
+NODE_FOLDER = Path(__file__).resolve().parent / "node"
+START_SECONDS = 30.0
+
+
+@dataclass
+class Server:
+    """A server of the run: its name in the results, its base URL, and its process."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(server: Server) -> None:
+    """Return once the server answers a Durable Streams request; raise, with its log, if it
+    exits or does not answer within START_SECONDS."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited at start:\n{server.log_tail()}")
+        try:
+            httpx.head(f"{server.url}/v1/stream/ready", timeout=1)
+            return
+        except httpx.TransportError as error:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{server.name} does not answer:\n{server.log_tail()}"
+                ) from error
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def runstream_server(
+    logs: Path, *, name: str = "Runstream (SQLite)", env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """``runstream serve`` on a fresh SQLite instance folder, authentication off (loopback
+    only); ``env`` adds settings (RUNSTREAM_DATABASE_URL for another store, say)."""
+    with tempfile.TemporaryDirectory() as instance:
+        port = free_port()
+        log = logs / f"runstream-{port}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
+                env={
+                    **os.environ,
+                    "RUNSTREAM_INSTANCE_PATH": instance,
+                    "RUNSTREAM_AUTH": "disabled",
+                    **(env or {}),
+                },
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(name, f"http://{HOST}:{port}", process, log)
+        try:
+            wait_until_serving(server)
+            yield server
+        finally:
+            stop_server(process)
+
+
+def node_ready() -> str | None:
+    """Why the Node peers cannot run, or None: Node and npm present, bench/node installed
+    (``npm ci`` there, from its lock file, on first use)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "Node.js and npm are not installed"
+    if not (NODE_FOLDER / "node_modules").is_dir():
+        installed = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_FOLDER,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if installed.returncode != 0:
+            return f"npm ci in {NODE_FOLDER} failed:\n{installed.stderr[-2000:]}"
+    return None
+
+
+@contextlib.contextmanager
+def reference_server(logs: Path) -> Iterator[Server]:
+    """The Durable Streams Node reference server, in memory, on a free port."""
+    port = free_port()
+    log = logs / f"reference-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["node", "reference_server.mjs", "--host", HOST, "--port", str(port)],
+            cwd=NODE_FOLDER,
+            stdin=subprocess.PIPE,  # its end closes with this process: the server stops then
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("reference (Node, in memory)", f"http://{HOST}:{port}", process, log)
+    try:
+        wait_until_serving(server)
+        yield server
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        stop_server(process)

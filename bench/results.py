@@ -1,0 +1,204 @@
+"""The figures of a benchmark run, and what is made of them: one table with Runstream's figure
+beside each peer's and their ratio, a JSON file, a PNG chart, and a Markdown page.
+
+A ratio is always Runstream's figure divided by the peer's. Whether more is better depends on
+the measure (appends per second: more; latency: less), so every row says which, and the table
+says, for each ratio, whether Runstream leads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import textwrap
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RUNSTREAM = "Runstream"
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What one figure measures: a scenario, the figure's name, its unit, and which way is
+    better."""
+
+    scenario: str
+    name: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Figure:
+    measure: Measure
+    system: str  # "Runstream (SQLite)", "reference (Node, in memory)", "Redis", ...
+    value: float
+    note: str = ""
+
+
+@dataclass
+class Results:
+    figures: list[Figure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # scenarios or peers left out, and why
+
+    def add(self, measure: Measure, system: str, value: float, note: str = "") -> None:
+        self.figures.append(Figure(measure, system, value, note))
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append(f"{what}: {why}")
+
+    def measures(self) -> list[Measure]:
+        return list(dict.fromkeys(figure.measure for figure in self.figures))
+
+    def systems(self, measure: Measure) -> dict[str, float]:
+        return {f.system: f.value for f in self.figures if f.measure == measure}
+
+    # -- the table -----------------------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, Any]]:
+        """A row per measure and Runstream system, with each peer's figure and the ratio."""
+        rows = []
+        for measure in self.measures():
+            systems = self.systems(measure)
+            ours = {name: value for name, value in systems.items() if name.startswith(RUNSTREAM)}
+            peers = {name: value for name, value in systems.items() if name not in ours}
+            for name, value in ours.items():
+                rows.append(
+                    {
+                        "measure": measure,
+                        "system": name,
+                        "value": value,
+                        "peers": {
+                            peer: (peer_value, ratio(value, peer_value))
+                            for peer, peer_value in peers.items()
+                        },
+                    }
+                )
+        return rows
+
+    def table(self) -> str:
+        lines = [
+            "| scenario | measure | Runstream | figure | peer | peer's figure | ratio |",
+            "|---|---|---|---:|---|---:|---:|",
+        ]
+        for row in self.rows():
+            measure: Measure = row["measure"]
+            better = "more is better" if measure.higher_is_better else "less is better"
+            ours = f"{number(row['value'])} {measure.unit}"
+            first = f"| {measure.scenario} | {measure.name} ({better}) | {row['system']} | {ours} "
+            peers = row["peers"] or {"—": (None, None)}
+            for index, (peer, (value, factor)) in enumerate(peers.items()):
+                start = first if index == 0 else "| | | | "
+                shown = "—" if value is None else f"{number(value)} {measure.unit}"
+                lines.append(f"{start}| {peer} | {shown} | {verdict(factor, measure)} |")
+        return "\n".join(lines)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def to_json(self, machine: dict[str, Any], settings: dict[str, Any]) -> str:
+        return json.dumps(
+            {
+                "machine": machine,
+                "settings": settings,
+                "figures": [
+                    {**asdict(figure.measure), "system": figure.system, "value": figure.value}
+                    | ({"note": figure.note} if figure.note else {})
+                    for figure in self.figures
+                ],
+                "skipped": self.skipped,
+            },
+            indent=2,
+        )
+
+    def chart(self, path: Path, title: str) -> str | None:
+        """A PNG of every measure, one panel each, a bar per system; None once drawn, else why
+        not (matplotlib missing)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return "matplotlib is not installed (pip install -e '.[bench]')"
+        measures = self.measures()
+        if not measures:
+            return "no figures"
+        columns = 3
+        rows = -(-len(measures) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
+        for axis in axes.flat[len(measures) :]:
+            axis.set_visible(False)
+        for axis, measure in zip(axes.flat, measures, strict=False):
+            systems = self.systems(measure)
+            names = list(systems)
+            colours = ["#4338ca" if name.startswith(RUNSTREAM) else "#9ca3af" for name in names]
+            bars = axis.barh(names, list(systems.values()), color=colours)
+            axis.bar_label(bars, labels=[number(value) for value in systems.values()], padding=3)
+            better = "more" if measure.higher_is_better else "less"
+            heading = f"{measure.scenario}: {measure.name}, {measure.unit} ({better} is better)"
+            axis.set_title(textwrap.fill(heading, 48), fontsize=9)
+            axis.invert_yaxis()
+            axis.tick_params(labelsize=8)
+            axis.margins(x=0.25)
+        figure.suptitle(title, fontsize=11)
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return None
+
+
+def ratio(ours: float, theirs: float) -> float | None:
+    return None if theirs == 0 else ours / theirs
+
+
+def verdict(factor: float | None, measure: Measure) -> str:
+    """``0.42x (behind)`` or ``2.1x (leads)``: Runstream's figure over the peer's."""
+    if factor is None:
+        return "—"
+    leads = factor >= 1 if measure.higher_is_better else factor <= 1
+    return f"{factor:.2f}x ({'leads' if leads else 'behind'})"
+
+
+def number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+
+    def first_line(command: list[str]) -> str:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "not found"
+        return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else ""
+
+    model = ""
+    with_cpuinfo = Path("/proc/cpuinfo")
+    if with_cpuinfo.exists():
+        for line in with_cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_kib = 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        memory_kib = int(meminfo.read_text().split()[1])
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": first_line(["node", "--version"]),
+        "sqlite": __import__("sqlite3").sqlite_version,
+    }
