@@ -189,6 +189,12 @@ class Proxy:
             except OSError:
                 return
             with self._lock:
+                if listener.fileno() == -1:
+                    # cut() ran since the accept, closing the listener but not this connection,
+                    # which it could not see yet: it must not outlive the cut.
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets += [client, upstream]
             for source, sink in [(client, upstream), (upstream, client)]:
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()

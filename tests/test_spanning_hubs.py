@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from runstream.server.core.follower import Follower, store_reader
 from runstream.server.core.hub import MAX_CARRIED_BYTES, Commit, InProcessHub
 from runstream.server.core.postgres_hub import PostgresHub
 from runstream.server.core.redis_hub import RedisHub
-from runstream.server.core.spanning_hub import SpanningHub
+from runstream.server.core.spanning_hub import EVERY_STREAM, SpanningHub
 from runstream.server.core.store import AppendRequest, CreateRequest, Store
 from runstream.server.db import make_engine
 
@@ -151,7 +152,8 @@ def append(store: Store, path: str, *messages: bytes) -> None:
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == HUB_LOG and " lost " in r.message]
+    # getMessage(), not .message: caplog holds a record before its handler formats it.
+    return [m for r in caplog.records if r.name == HUB_LOG and " lost " in (m := r.getMessage())]
 
 
 def test_a_commit_published_on_one_hub_reaches_the_listeners_of_another_intact(
@@ -273,6 +275,113 @@ def test_commits_a_process_could_not_publish_are_read_by_every_follower_once_it_
     assert seen == chunks
     assert len(outage_lines(caplog)) == 1
     reader.engine.dispose()
+
+
+class ScriptedHub(SpanningHub):
+    """A hub over a service the test plays, up or down as it says, whose ``hold_send``-th send
+    (counting from 1) waits for :attr:`release` once its outcome is decided: a publisher thread
+    descheduled between what it saw and its telling of it, as on a loaded machine."""
+
+    service = "Scripted"
+    errors = (ConnectionError,)
+
+    def __init__(self, hold_send: int) -> None:
+        self.up = threading.Event()
+        self.up.set()
+        self.hold_send = hold_send
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.sends = 0
+        self.sent: list[bytes] = []
+        super().__init__("scripted://service", resync_interval=60)
+
+    def _send(self, message: bytes) -> None:
+        self.sends += 1
+        went_through = self.up.is_set()
+        if self.sends == self.hold_send:
+            self.held.set()
+            self.release.wait(10)
+        if not went_through:
+            raise ConnectionError("refused")
+        self.sent.append(message[len(self._origin) :])
+
+    def _check(self) -> None:
+        if not self.up.is_set():
+            raise ConnectionError("refused")
+
+    def _listen(self) -> None:
+        if not self.up.is_set():
+            raise ConnectionError("refused")
+        self._listening_now()
+        while not self._closing:
+            if not self.up.is_set():
+                raise ConnectionError("dropped")
+            time.sleep(0.01)
+
+    def _close_transport(self) -> None:
+        pass
+
+
+@pytest.fixture
+def make_scripted_hub() -> Iterator[Callable[[int], ScriptedHub]]:
+    hubs: list[ScriptedHub] = []
+
+    def make(hold_send: int) -> ScriptedHub:
+        hub = ScriptedHub(hold_send)
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.release.set()
+        hub.close()
+
+
+def outage_and_recovery_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        "lost" if " lost " in r.getMessage() else "back"
+        for r in caplog.records
+        if r.name == HUB_LOG
+    ]
+
+
+def test_a_send_that_went_through_before_an_outage_and_is_told_after_it_logs_no_second_one(
+    make_scripted_hub: Callable[[int], ScriptedHub], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=HUB_LOG)
+    hub = make_scripted_hub(1)
+    wait_listening(hub)
+    hub.publish(Commit.changed("s"))  # goes through, and the publisher is held before it tells
+    assert hub.held.wait(5)
+    hub.up.clear()
+    wait_for(lambda: len(outage_lines(caplog)) == 1)  # the listener's
+    hub.publish(Commit.changed("s"))  # fails
+    hub.release.set()  # the publisher tells of its first send, then fails the second
+    wait_for(lambda: hub.sends >= 3)  # the second commit's two tries, then waiting
+    hub.up.set()
+    wait_for(lambda: hub.problem() is None and len(hub.sent) == 2 and hub.listening)
+
+    assert hub.sent[1] == EVERY_STREAM.encode()  # the unsent commit: every follower reads
+    assert outage_and_recovery_lines(caplog) == ["lost", "back"]
+
+
+def test_a_send_that_failed_in_an_outage_and_is_told_after_it_logs_no_second_one(
+    make_scripted_hub: Callable[[int], ScriptedHub], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=HUB_LOG)
+    hub = make_scripted_hub(2)
+    wait_listening(hub)
+    hub.up.clear()
+    wait_for(lambda: len(outage_lines(caplog)) == 1)  # the listener's
+    hub.publish(Commit.changed("s"))  # fails, and so does its retry, held before it tells
+    assert hub.held.wait(5)
+    hub.up.set()
+    wait_for(lambda: hub.problem() is None and hub.listening)  # the listener's reconnection
+    hub.release.set()
+    wait_for(lambda: len(hub.sent) == 1)
+
+    assert hub.sent == [EVERY_STREAM.encode()]
+    assert outage_and_recovery_lines(caplog) == ["lost", "back"]
 
 
 def test_an_unreachable_service_fails_no_append_and_readers_progress_on_the_timer(

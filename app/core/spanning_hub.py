@@ -22,6 +22,7 @@ append never waits on the service, and the listener.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -84,7 +85,14 @@ class SpanningHub(Hub):
         self._lost = False
         self._down = False
         self._listening = False
+        # Every attempt at the service draws a number from _attempts, and so does every change
+        # of _down, which only the outcome of an attempt begun after the last change can make
+        # (see _change); _changed is the last change's number.
+        self._attempts = itertools.count(1)
+        self._changed = 0
         self._down_lock = threading.Lock()
+        # The listener's current attempt: the connection it is opening, or listening on.
+        self._listen_attempt = 0
         self._threads = [
             threading.Thread(target=self._publish_loop, name="runstream-hub-publish", daemon=True),
             threading.Thread(target=self._listen_loop, name="runstream-hub-listen", daemon=True),
@@ -148,11 +156,31 @@ class SpanningHub(Hub):
 
     # -- outages, logged once each -------------------------------------------------------------
 
-    def _failed(self, error: Exception) -> None:
+    def _attempt(self) -> int:
+        """The number of an attempt at the service about to begin: above every change made."""
         with self._down_lock:
-            if self._down:
-                return
-            self._down = True
+            return next(self._attempts)
+
+    def _change(self, down: bool, attempt: int) -> bool:
+        """Set :attr:`_down` as the attempt numbered ``attempt`` found the service; False if
+        that changes nothing.
+
+        Each thread tells what an attempt found a while after the attempt found it (the longer
+        on a loaded machine), and the other thread may have told the opposite meanwhile: a send
+        that went through just before an outage, told after the listener logged the outage,
+        would log it over, and the next failed send a second outage. So the outcome of an
+        attempt begun before the last change is no news, as it may predate the change: it is
+        ignored, and the thread's next attempt tells instead."""
+        with self._down_lock:
+            if self._down == down or attempt < self._changed:
+                return False
+            self._down = down
+            self._changed = next(self._attempts)
+            return True
+
+    def _failed(self, error: Exception, attempt: int) -> None:
+        if not self._change(True, attempt):
+            return
         log.warning(
             "%s hub: lost %s (%s); readers read the store every %g s until it is back",
             self.service,
@@ -161,11 +189,9 @@ class SpanningHub(Hub):
             self.resync_interval,
         )
 
-    def _recovered(self) -> None:
-        with self._down_lock:
-            if not self._down:
-                return
-            self._down = False
+    def _recovered(self, attempt: int) -> None:
+        if not self._change(False, attempt):
+            return
         log.warning("%s hub: %s is back", self.service, self._where)
 
     def _pause(self, delay: float) -> float | None:
@@ -180,6 +206,7 @@ class SpanningHub(Hub):
     def _publish_loop(self) -> None:
         message = self._outbox.get()
         while message is not None:
+            attempt = self._attempt()
             try:
                 try:
                     self._send(message)
@@ -188,12 +215,12 @@ class SpanningHub(Hub):
                     # outage now over, a restarted service), which is no outage of its own.
                     self._send(message)
             except self.errors as error:
-                self._failed(error)
+                self._failed(error, attempt)
                 self._lost = True
                 if not self._wait_for_service():
                     return
             else:
-                self._recovered()
+                self._recovered(attempt)
             message = self._next_message()
 
     def _next_message(self) -> bytes | None:
@@ -214,10 +241,13 @@ class SpanningHub(Hub):
         """Back off until the service answers again; False if the hub closed first."""
         delay = FIRST_RETRY
         while (next_delay := self._pause(delay)) is not None:
+            attempt = self._attempt()
             try:
                 self._check()
                 return True
-            except self.errors:
+            except self.errors as error:
+                # Told too: the failed send may have been no news (see _change), this is.
+                self._failed(error, attempt)
                 delay = next_delay
         return False
 
@@ -227,10 +257,11 @@ class SpanningHub(Hub):
         delay: float | None = FIRST_RETRY
         while delay is not None and not self._closed.is_set():
             self._listening = False
+            self._listen_attempt = self._attempt()
             try:
                 self._listen()
             except self.errors as error:
-                self._failed(error)
+                self._failed(error, self._listen_attempt)
             # A connection that listened starts the backoff over.
             delay = self._pause(FIRST_RETRY if self._listening else delay)
         self._listening = False
@@ -242,7 +273,9 @@ class SpanningHub(Hub):
     def _listening_now(self) -> None:
         """Listening, so nothing more is missed: whatever was, the store has."""
         self._listening = True
-        self._recovered()
+        self._recovered(self._listen_attempt)
+        # A new attempt from here: whatever fails now is a connection seen working after this.
+        self._listen_attempt = self._attempt()
         self.deliver(EVERY_STREAM)
 
     def _received(self, message: bytes) -> None:
