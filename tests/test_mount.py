@@ -53,7 +53,6 @@ from flask import Flask
 from reactpy import component, html, use_location, use_state
 
 from runstream.components import mount
-from runstream.components.serving import WholeRenders
 
 app = Flask(__name__)
 
