@@ -128,24 +128,19 @@ def run_client(server: Server, scenario: ClientScenario, smoke: bool) -> dict[st
     return output
 
 
-def client_scenarios(
-    servers: list[Server], wanted: set[str] | None, rounds: int, smoke: bool, results: Results
-) -> None:
-    for scenario in CLIENT_SCENARIOS:
-        if wanted is not None and scenario.name not in wanted:
-            continue
-        samples: dict[tuple[Measure, str], list[float]] = {}
-        for round_number in range(rounds):
-            # Alternate who goes first: a machine that warms up or slows down favours no one.
-            order = servers if round_number % 2 == 0 else servers[::-1]
-            for server in order:
-                output = run_client(server, scenario, smoke)
-                for measure, take in scenario.figures:
-                    samples.setdefault((measure, server.name), []).append(float(take(output)))
-        for (measure, system), values in samples.items():
-            note = f"median of {len(values)}" if len(values) > 1 else ""
-            results.add(measure, system, statistics.median(values), note)
-        print(f"  {scenario.name}: done", flush=True)
+def client_scenario(run: Run, scenario: ClientScenario) -> None:
+    if (why_not := node_ready()) is not None:
+        run.results.skip(scenario.title, why_not)
+        return
+    samples: dict[tuple[Measure, str], list[float]] = {}
+    for round_number in range(run.rounds):
+        for server in run.alternating(run.servers, round_number):
+            output = run_client(server, scenario, run.smoke)
+            for measure, take in scenario.figures:
+                samples.setdefault((measure, server.name), []).append(float(take(output)))
+    for (measure, system), values in samples.items():
+        note = f"median of {len(values)}" if len(values) > 1 else ""
+        run.results.add(measure, system, statistics.median(values), note)
 
 
 # -- a plain request, from the leanest client ----------------------------------------------------
@@ -184,19 +179,18 @@ def raw_ping(server: Server, count: int) -> list[float]:
         return sorted(one() for _ in range(count))
 
 
-def raw_ping_scenario(servers: list[Server], rounds: int, smoke: bool, results: Results) -> None:
-    count = 300 if smoke else 5000
+def raw_ping_scenario(run: Run) -> None:
+    count = 300 if run.smoke else 5000
     samples: dict[str, list[float]] = {}
-    for round_number in range(rounds):
-        for server in servers if round_number % 2 == 0 else servers[::-1]:
+    for round_number in range(run.rounds):
+        for server in run.alternating(run.servers, round_number):
             samples.setdefault(server.name, []).extend(raw_ping(server, count))
     p50 = Measure(RAW_PING, "p50", "ms", False)
     p99 = Measure(RAW_PING, "p99", "ms", False)
     for name, times in samples.items():
         times.sort()
-        results.add(p50, name, percentile(times, 0.50), f"{len(times)} requests")
-        results.add(p99, name, percentile(times, 0.99), f"{len(times)} requests")
-    print("  raw ping: done", flush=True)
+        run.results.add(p50, name, percentile(times, 0.50), f"{len(times)} requests")
+        run.results.add(p99, name, percentile(times, 0.99), f"{len(times)} requests")
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -218,8 +212,45 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass
+class Run:
+    """What every scenario of a run is given: the Durable Streams servers compared (Runstream
+    on SQLite first, then the reference server if Node is ready), the settings, where figures
+    and server logs go, and the run's exit stack, for servers a scenario starts for itself."""
+
+    servers: list[Server]
+    rounds: int
+    smoke: bool
+    results: Results
+    logs: Path
+    stack: ExitStack
+
+    def alternating(self, systems: list[Any], round_number: int) -> list[Any]:
+        """Who goes first alternates by round: a machine that warms up or slows down favours
+        no one."""
+        return systems if round_number % 2 == 0 else systems[::-1]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario that ``--only`` can name, and the function that measures it in a run."""
+
+    name: str
+    measure: Callable[[Run], None]
+
+
+def _client_scenario(scenario: ClientScenario) -> Scenario:
+    return Scenario(scenario.name, lambda run: client_scenario(run, scenario))
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("raw_ping", lambda run: raw_ping_scenario(run)),
+    *(_client_scenario(scenario) for scenario in CLIENT_SCENARIOS),
+]
+
+
 def scenario_names() -> list[str]:
-    return ["raw_ping", *(scenario.name for scenario in CLIENT_SCENARIOS)]
+    return [scenario.name for scenario in SCENARIOS]
 
 
 def servers_of_run(stack: ExitStack, logs: Path, results: Results) -> Iterator[Server]:
@@ -250,14 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-logs-")))
         try:
             servers = list(servers_of_run(stack, logs, results))
-            if wanted is None or "raw_ping" in wanted:
-                print("a plain request, from a raw socket:", flush=True)
-                raw_ping_scenario(servers, rounds, arguments.smoke, results)
-            if node_ready() is None:
-                print("the official TypeScript client, against each server:", flush=True)
-                client_scenarios(servers, wanted, rounds, arguments.smoke, results)
-            else:
-                results.skip("the TypeScript client's scenarios", "Node.js is not ready")
+            run = Run(servers, rounds, arguments.smoke, results, logs, stack)
+            for scenario in SCENARIOS:
+                if wanted is None or scenario.name in wanted:
+                    started = time.monotonic()
+                    print(f"{scenario.name} ...", flush=True)
+                    scenario.measure(run)
+                    print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
         except ScenarioFailed as failure:
             print(f"FAILED: {failure}", file=sys.stderr)
             return 1

@@ -93,12 +93,22 @@ def _is_plain(value: Any) -> bool:
 
 def _decode(text: str, index: int, max_depth: int) -> tuple[Any, int]:
     """Decode one JSON value at ``index``; ValueError for anything :func:`check_value`
-    refuses, and for nesting too deep for Python's decoder itself."""
+    refuses, and for nesting too deep for Python's decoder itself.
+
+    The walk of :func:`check_value` is skipped where the text alone shows it would find
+    nothing (for a batch of small messages it cost more than decoding them): a lone surrogate
+    can only come from a ``\\u`` escape (text decoded from UTF-8 holds none), and a value
+    cannot nest deeper than the brackets it holds.
+    """
     try:
         value, end = _decoder.raw_decode(text, index)
     except RecursionError:
         raise ValueError(f"it nests arrays and objects more than {max_depth} levels deep") from None
-    check_value(value, max_depth)
+    if (
+        "\\u" in text[index:end]
+        or text.count("[", index, end) + text.count("{", index, end) > max_depth
+    ):
+        check_value(value, max_depth)
     return value, end
 
 
@@ -165,10 +175,14 @@ def parse_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
+        elif not text.isascii():
+            text.encode("utf-8")  # a lone surrogate of a str not decoded here raises
         value, end = _decode(text, _skip_whitespace(text, 0), max_depth)
         if _skip_whitespace(text, end) != len(text):
             raise ValueError(f"unexpected data after the JSON value at character {end}")
         return value
+    except UnicodeEncodeError:
+        raise Invalid("not valid JSON: a string holds a lone surrogate") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise Invalid(f"not valid JSON: {error}") from None
 
