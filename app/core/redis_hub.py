@@ -46,7 +46,7 @@ class RedisHub(SpanningHub):
         self._client.ping()
 
     def _listen(self) -> None:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves it so
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # redis-py < 8.2 leaves it untyped
         try:
             pubsub.subscribe(self._channel)
             heard = pinged = time.monotonic()
