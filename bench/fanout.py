@@ -10,9 +10,10 @@ What it measures, per scenario (a transport and a number of readers R):
   schedule (chunk n at start + n/100 s); its acks are read in the background.
 - R readers follow the stream live, over websockets (``/realtime/v2/streams/...``) or over SSE
   (Durable Streams ``live=sse``), from client processes separate from the server, each an asyncio
-  loop holding its share of the readers. They are all connected and live before the writer
-  starts, so each must get every chunk of the scenario exactly once and in order; duplicates,
-  out-of-order arrivals and missing chunks are counted.
+  loop holding its share of the readers (bench/live.py, shared with bench/delivery.py). They
+  are all connected and live before the writer starts, so each must get every chunk of the
+  scenario exactly once and in order; duplicates, out-of-order arrivals and missing chunks are
+  counted.
 - Latency is the time from a chunk's send time (its own ``t``) to its arrival at a reader, over
   all readers and chunks: p50, p99 and max in ms.
 - Server CPU (utime + stime of the gunicorn arbiter and worker, from /proc, as % of one core over
@@ -39,9 +40,7 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing
 import os
-import queue
 import re
 import resource
 import shutil
@@ -51,97 +50,37 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnProcess
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from live import (
+    CHUNK_BYTES,
+    HOST,
+    REDIS_PORT,
+    ClientProcesses,
+    ProcessResult,
+    RedisWriter,
+    jobs_for,
+    live_room,
+    make_chunk,
+    merged,
+    redis_pids,
+    redis_reachable,
+    write_paced,
+)
 from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum, stop_server
 
-HOST = "127.0.0.1"
-REDIS_PORT = 6379
 KEY = "fanout"
 RATE = 100  # chunks per second
-CHUNK_BYTES = 100
 TRANSPORTS = ("ws", "sse", "redis")
-CONNECTS_AT_ONCE = 50  # per client process: connection attempts in flight at once
 SERVE = [sys.executable, "-m", "runstream.server"]
 GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
 PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
 
 
 # -- scenarios and their figures ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Job:
-    """What one client process does: hold ``readers`` readers of one stream."""
-
-    index: int
-    transport: str
-    port: int
-    run_id: str
-    readers: int
-    expected: int  # chunks each reader must get
-    seconds: float
-    connect_timeout: float
-    drain_seconds: float
-    ws_compression: str | None
-
-
-@dataclass
-class Tally:
-    """What one reader received, checked against the chunks 0..expected-1 it must get."""
-
-    expected: int
-    seen: bytearray = field(init=False)
-    highest: int = -1
-    delivered: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
-    live: bool = False  # connected and at the tail
-    reconnects: int = 0
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        self.seen = bytearray(self.expected)
-
-    def add(self, chunk: dict[str, Any], received_at: float) -> None:
-        n = chunk.get("n")
-        if not isinstance(n, int):
-            return  # the priming chunk
-        if not 0 <= n < self.expected or self.seen[n]:
-            self.duplicates += 1
-            return
-        self.seen[n] = 1
-        self.delivered += 1
-        if n < self.highest:
-            self.out_of_order += 1  # it came after a later chunk
-        self.highest = max(self.highest, n)
-        self.latencies_ms.append((received_at - chunk["t"]) * 1000)
-
-    @property
-    def done(self) -> bool:
-        return self.delivered == self.expected
-
-
-@dataclass
-class ProcessResult:
-    """The tallies of one client process, summed."""
-
-    index: int
-    connected: int = 0
-    delivered: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    reconnects: int = 0
-    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
-    cpu_seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,12 +106,6 @@ class Outcome:
     @property
     def complete(self) -> bool:
         return self.delivered == self.expected and self.duplicates == 0
-
-
-def make_chunk(n: int) -> str:
-    """About CHUNK_BYTES of JSON carrying its number and its send time."""
-    chunk = json.dumps({"t": time.time(), "n": n, "pad": ""})
-    return chunk[:-2] + "x" * max(0, CHUNK_BYTES - len(chunk)) + '"}'
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -343,218 +276,6 @@ class RunstreamWriter:
             await self.connection.close()
 
 
-class RedisWriter:
-    """XADD to a fresh stream key: a priming entry, then the paced chunks."""
-
-    def __init__(self, key: str) -> None:
-        import redis.asyncio
-
-        self.key = key
-        self.client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
-
-    async def open(self) -> None:
-        await self.client.xadd(self.key, {"d": "{}"})
-
-    async def send(self, n: int) -> None:
-        await self.client.xadd(self.key, {"d": make_chunk(n)})
-
-    async def finish(self, count: int, timeout: float) -> list[str]:
-        length = await self.client.xlen(self.key)
-        if length != count + 1:
-            return [f"the Redis stream holds {length} entries, not {count + 1}"]
-        return []
-
-    async def close(self) -> None:
-        """Delete the key, once every reader is done with it."""
-        await self.client.delete(self.key)
-        await self.client.aclose()
-
-
-async def write_paced(writer: RunstreamWriter | RedisWriter, count: int) -> float:
-    """Send chunk n at start + n/RATE: a late chunk goes at once, and the schedule holds."""
-    started = time.monotonic()
-    for n in range(count):
-        delay = started + n / RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await writer.send(n)
-    return time.monotonic() - started
-
-
-# -- the readers (in client processes) ---------------------------------------------------------
-
-
-def client_process(job: Job, ready: Queue[tuple[int, int]], go: Event, results: Queue[Any]) -> None:
-    """A client process: hold ``job.readers`` readers, report when they are live, then follow
-    the stream until each has every chunk or the time is up; put the summed tallies."""
-    raise_fd_limit()
-    results.put(asyncio.run(run_readers(job, ready, go)))
-
-
-async def run_readers(job: Job, ready: Queue[tuple[int, int]], go: Event) -> ProcessResult:
-    follow = {"ws": follow_websocket, "sse": follow_sse, "redis": follow_redis}[job.transport]
-    tallies = [Tally(job.expected) for _ in range(job.readers)]
-    all_live = asyncio.Event()
-    connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
-
-    def on_live(tally: Tally) -> None:
-        if not tally.live:
-            tally.live = True
-            if all(t.live for t in tallies):
-                all_live.set()
-
-    async def reader(tally: Tally) -> None:
-        try:
-            await follow(job, tally, connecting, lambda: on_live(tally))
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            tally.error = f"{type(error).__name__}: {error}"
-
-    tasks = [asyncio.create_task(reader(tally)) for tally in tallies]
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(all_live.wait(), job.connect_timeout)
-    ready.put((job.index, sum(t.live for t in tallies)))
-    go_deadline = time.monotonic() + job.connect_timeout + 60
-    while not go.is_set() and time.monotonic() < go_deadline:
-        await asyncio.sleep(0.005)
-    cpu_start = sum(os.times()[:2])
-    pending = [task for task in tasks if not task.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=job.seconds + job.drain_seconds)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return summed(job.index, tallies, sum(os.times()[:2]) - cpu_start)
-
-
-def summed(index: int, tallies: list[Tally], cpu: float) -> ProcessResult:
-    result = ProcessResult(index, cpu_seconds=cpu)
-    for tally in tallies:
-        result.connected += tally.live
-        result.delivered += tally.delivered
-        result.duplicates += tally.duplicates
-        result.out_of_order += tally.out_of_order
-        result.reconnects += tally.reconnects
-        result.latencies_ms.extend(tally.latencies_ms)
-        if tally.error is not None:
-            result.errors.append(tally.error)
-        elif not tally.done:
-            result.errors.append(f"a reader got {tally.delivered} of {tally.expected} chunks")
-    return result
-
-
-async def follow_websocket(
-    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
-) -> None:
-    """A websocket reader from index 0: the priming chunk, then every chunk as it comes."""
-    from websockets.asyncio.client import connect
-
-    url = (
-        f"ws://{HOST}:{job.port}/realtime/v2/streams/{job.run_id}/{KEY}"
-        "?start_index=0&timeout_in_seconds=60"
-    )
-    async with connecting:
-        connection = await connect(
-            url, max_size=None, ping_interval=None, compression=job.ws_compression, open_timeout=60
-        )
-    try:
-        async for text in connection:
-            received_at = time.time()
-            frame = json.loads(text)
-            if frame["type"] == "end":
-                return
-            for chunk in frame["chunks"]:
-                tally.add(chunk, received_at)
-            on_live()
-            if tally.done:
-                return
-    finally:
-        await connection.close()
-
-
-async def follow_sse(
-    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
-) -> None:
-    """An SSE reader from the tail (offset=now), over a raw HTTP/1.1 connection; it resumes from
-    the last control event's offset if the server ends the response."""
-    offset = "now"
-    while not tally.done:
-        async with connecting:
-            reader, writer = await asyncio.wait_for(open_connection(job.port), 60)
-        try:
-            path = f"/v1/stream/runs/{job.run_id}/{KEY}?offset={offset}&live=sse"
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {HOST}:{job.port}\r\n"
-                "Accept: text/event-stream\r\n\r\n".encode()
-            )
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"SSE read refused: {head.splitlines()[0]!r}")
-            chunked = b"transfer-encoding: chunked" in head.lower()
-            pending = b""
-            while not tally.done:
-                data = await read_body_part(reader, chunked)
-                if not data:
-                    break
-                received_at = time.time()
-                *events, pending = (pending + data).split(b"\n\n")
-                for event in events:
-                    if event.startswith(b"event: data"):
-                        payload = b"\n".join(
-                            line[5:] for line in event.split(b"\n")[1:] if line.startswith(b"data:")
-                        )
-                        for chunk in json.loads(payload):
-                            tally.add(chunk, received_at)
-                    elif event.startswith(b"event: control"):
-                        offset = event.split(b"\nid:", 1)[1].split(b"\n", 1)[0].decode()
-                        on_live()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        if not tally.done:
-            tally.reconnects += 1
-
-
-async def open_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(HOST, port, limit=1 << 22)
-
-
-async def read_body_part(reader: asyncio.StreamReader, chunked: bool) -> bytes:
-    """The next piece of a response body: one HTTP chunk, or what has arrived; b"" at its end."""
-    if not chunked:
-        return await reader.read(1 << 16)
-    size_line = await reader.readuntil(b"\r\n")
-    size = int(size_line.split(b";", 1)[0], 16)
-    if size == 0:
-        return b""
-    return (await reader.readexactly(size + 2))[:-2]
-
-
-async def follow_redis(
-    job: Job, tally: Tally, connecting: asyncio.Semaphore, on_live: Callable[[], None]
-) -> None:
-    """XREAD BLOCK from the last id, on a connection of its own, from the stream's start."""
-    import redis.asyncio
-
-    client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
-    try:
-        async with connecting:
-            await client.ping()
-        last: bytes | str = "0-0"
-        while not tally.done:
-            answer: Any = await client.xread({job.run_id: last}, count=1000, block=5000)
-            received_at = time.time()
-            for _key, entries in answer or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    tally.add(json.loads(fields[b"d"]), received_at)
-                on_live()
-    finally:
-        await client.aclose()
-
-
 # -- one scenario ------------------------------------------------------------------------------
 
 
@@ -567,17 +288,12 @@ class Settings:
     ws_compression: str | None
     logs: Path
 
-    def for_readers(self) -> tuple[float, float, float, str | None]:
-        """The settings a client process takes: the tail of its Job."""
-        return self.seconds, self.connect_timeout, self.drain_seconds, self.ws_compression
-
 
 def run_scenario(transport: str, readers: int, settings: Settings) -> Outcome:
     """A fresh server (or Redis stream key), the readers, the writer, and the figures."""
     if transport == "redis":
         return asyncio.run(measure(transport, readers, settings, None))
-    # Room for every websocket and SSE reader of the scenario, and a margin.
-    with runstream_server(2 * readers + 64, settings.logs) as server:
+    with runstream_server(live_room(readers), settings.logs) as server:
         outcome = asyncio.run(measure(transport, readers, settings, server))
         if server.process.poll() is not None:
             outcome.notes.append(f"the server exited with {server.process.returncode}")
@@ -605,57 +321,63 @@ async def measure(
         run_id = await asyncio.to_thread(trigger_run, server.url)
         writer = RunstreamWriter(server.port, run_id)
         port, measured = server.port, process_tree(server.pid)
+        stream = {
+            "ws": f"/realtime/v2/streams/{run_id}/{KEY}",
+            "sse": f"/v1/stream/runs/{run_id}/{KEY}",
+        }[transport]
     else:
-        run_id = f"runstream-bench:fanout:{time.time_ns()}"  # the stream's key
-        writer = RedisWriter(run_id)
+        stream = f"runstream-bench:fanout:{time.time_ns()}"  # the Redis stream's key
+        writer = RedisWriter([stream])
         port, measured = REDIS_PORT, await redis_pids()
-    context = multiprocessing.get_context("spawn")
-    ready: Queue[tuple[int, int]] = context.Queue()
-    results: Queue[Any] = context.Queue()
-    go = context.Event()
-    processes: list[SpawnProcess] = []
+    clients = ClientProcesses(
+        jobs_for(
+            transport,
+            port,
+            [stream] * readers,
+            count,
+            settings.client_processes,
+            connect_timeout=settings.connect_timeout,
+            drain_seconds=settings.drain_seconds,
+            ws_compression=settings.ws_compression,
+        )
+    )
     collected: list[ProcessResult] = []
     cpu_before, started, rss = cpu_seconds(measured), time.monotonic(), 0.0
-    cpu = (0.0, 0.0)
     try:
-        try:
-            await writer.open()
-            for index, share in enumerate(split(readers, settings.client_processes)):
-                job = Job(index, transport, port, run_id, share, count, *settings.for_readers())
-                process = context.Process(target=client_process, args=(job, ready, go, results))
-                process.start()
-                processes.append(process)
-            live = await wait_ready(ready, processes, settings.connect_timeout + 30)
-            if live < readers:
-                outcome.notes.append(
-                    f"only {live} of {readers} readers were live after "
-                    f"{settings.connect_timeout:g} s; the writer starts anyway"
-                )
-            cpu_before, started = cpu_seconds(measured), time.monotonic()
-            go.set()
-            await write_paced(writer, count)
-            rss = status_sum(measured, "VmRSS") / 1024
-            outcome.notes.extend(await writer.finish(count, settings.drain_seconds))
-        except Exception as error:
-            outcome.broken = True
-            outcome.notes.append(f"the scenario failed: {type(error).__name__}: {error}")
-            go.set()  # the readers still end by their own deadline
-        if processes:
-            collected = await collect(
-                results, processes, settings.seconds + settings.drain_seconds + 60
-            )
+        with clients:
+            try:
+                await writer.open()
+                clients.start()
+                live = await clients.wait_live(settings.connect_timeout + 30)
+                if live < readers:
+                    outcome.notes.append(
+                        f"only {live} of {readers} readers were live after "
+                        f"{settings.connect_timeout:g} s; the writer starts anyway"
+                    )
+                cpu_before, started = cpu_seconds(measured), time.monotonic()
+                clients.go()
+                await write_paced(writer.send, count, RATE)
+                clients.written()
+                rss = status_sum(measured, "VmRSS") / 1024
+                outcome.notes.extend(await writer.finish(count, settings.drain_seconds))
+            except Exception as error:
+                outcome.broken = True
+                outcome.notes.append(f"the scenario failed: {type(error).__name__}: {error}")
+                clients.written()  # the readers still end by their own deadline
+            collected = await clients.collect()
         elapsed = time.monotonic() - started
         cpu_after = cpu_seconds(measured)
         cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
     finally:
-        go.set()
-        stop(processes)
         with contextlib.suppress(Exception):
             await writer.close()
+    if (failure := clients.failures(collected)) is not None:
+        outcome.broken = True
+        outcome.notes.append(failure)
     figures(
         outcome,
-        collected,
-        processes,
+        merged(collected),
+        len(clients.processes),
         measured,
         cpu,
         elapsed,
@@ -664,106 +386,32 @@ async def measure(
     return outcome
 
 
-async def redis_pids() -> list[int]:
-    """redis-server's pid, if it runs in this machine's /proc (else nothing to measure)."""
-    import redis.asyncio
-
-    client = redis.asyncio.Redis(host=HOST, port=REDIS_PORT)
-    try:
-        pid = int((await client.info("server"))["process_id"])
-    finally:
-        await client.aclose()
-    return [pid] if Path(f"/proc/{pid}/stat").exists() else []
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` readers over at most ``parts`` processes, none of them empty."""
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if part < total % parts else 0) for part in range(parts)]
-
-
-async def wait_ready(
-    ready: Queue[tuple[int, int]], processes: list[SpawnProcess], timeout: float
-) -> int:
-    """How many readers are live, once every client process has said so."""
-    live, reported, deadline = 0, 0, time.monotonic() + timeout
-    while reported < len(processes):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(processes) - reported} client processes never got ready")
-        try:
-            _, count = await asyncio.to_thread(ready.get, True, 0.5)
-        except queue.Empty:
-            dead = [p for p in processes if p.exitcode is not None]
-            if dead:
-                raise RuntimeError(f"a client process exited with {dead[0].exitcode}") from None
-            continue
-        live += count
-        reported += 1
-    return live
-
-
-async def collect(
-    results: Queue[Any], processes: list[SpawnProcess], timeout: float
-) -> list[ProcessResult]:
-    collected: list[ProcessResult] = []
-    deadline = time.monotonic() + timeout
-    while len(collected) < len(processes) and time.monotonic() < deadline:
-        try:
-            collected.append(await asyncio.to_thread(results.get, True, 0.5))
-        except queue.Empty:
-            if any(p.exitcode not in (None, 0) for p in processes):
-                break
-    return collected
-
-
-def stop(processes: list[SpawnProcess]) -> None:
-    for process in processes:
-        process.join(10)
-        if process.is_alive():
-            process.terminate()
-            process.join(5)
-
-
 def figures(
     outcome: Outcome,
-    collected: list[ProcessResult],
-    processes: list[SpawnProcess],
+    total: ProcessResult,
+    processes: int,
     measured: list[int],
     cpu: tuple[float, float],
     elapsed: float,
     rss: float,
 ) -> None:
-    crashed = [p.exitcode for p in processes if p.exitcode != 0]
-    if crashed or len(collected) < len(processes):
-        outcome.broken = True
+    outcome.delivered = total.delivered
+    outcome.duplicates = total.duplicates
+    outcome.out_of_order = total.out_of_order
+    if total.reconnects:
+        outcome.notes.append(f"{total.reconnects} SSE reconnections (the server ended a response)")
+    if total.errors:
+        distinct = sorted(set(total.errors))
         outcome.notes.append(
-            f"{len(processes) - len(collected)} client processes gave no result "
-            f"(exit codes {[p.exitcode for p in processes]})"
+            f"{len(total.errors)} of {outcome.readers} readers fell short, e.g. "
+            f"{'; '.join(distinct[:3])}"
         )
-    latencies = array("d")
-    client_cpu, reconnects = 0.0, 0
-    errors: list[str] = []
-    for result in collected:
-        outcome.delivered += result.delivered
-        outcome.duplicates += result.duplicates
-        outcome.out_of_order += result.out_of_order
-        latencies.extend(result.latencies_ms)
-        client_cpu += result.cpu_seconds
-        errors.extend(result.errors)
-        reconnects += result.reconnects
-    if reconnects:
-        outcome.notes.append(f"{reconnects} SSE reconnections (the server ended a response)")
-    if errors:
-        distinct = sorted(set(errors))
-        outcome.notes.append(
-            f"{len(errors)} of {outcome.readers} readers fell short, e.g. {'; '.join(distinct[:3])}"
-        )
-    if latencies:
-        ordered = array("d", sorted(latencies))
+    if total.latencies_ms:
+        ordered = array("d", sorted(total.latencies_ms))
         outcome.p50, outcome.p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
         outcome.max = ordered[-1]
-    outcome.client_cpu_percent = 100 * client_cpu / elapsed
-    cores = min(len(processes), os.cpu_count() or 1)
+    outcome.client_cpu_percent = 100 * total.cpu_seconds / elapsed
+    cores = min(processes, os.cpu_count() or 1)
     if processes and outcome.client_cpu_percent >= 75 * cores:
         outcome.client_bound = True
         outcome.notes.append(
@@ -829,16 +477,6 @@ def report(outcomes: list[Outcome]) -> None:
     if ratios:
         print("\nRunstream latency / Redis latency at the same R")
         print("\n".join(ratios))
-
-
-def redis_reachable() -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect((HOST, REDIS_PORT))
-        except OSError:
-            return False
-    return True
 
 
 def parse_arguments() -> argparse.Namespace:
