@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
-from sqlalchemy.exc import NoResultFound
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from ...db import reading, writing
 from .. import offsets
@@ -15,7 +14,15 @@ from ..clock import utcnow
 from ..errors import Busy, Gone, Invalid
 from .base import TOUCH_WAIT_SECONDS, StoreBase
 from .requests import ReadPlan, ReadResult
-from .rows import StreamInfo, StreamRow, chunks, live_row, row_by_id, segments, streams
+from .rows import (
+    StreamInfo,
+    StreamRow,
+    chunks,
+    existing_row_by_id,
+    live_row,
+    segments,
+    streams,
+)
 
 
 class Reads(StoreBase):
@@ -123,10 +130,7 @@ class Reads(StoreBase):
         position = plan.start
         while position < plan.end:
             with reading(self.engine) as conn:
-                try:
-                    row = row_by_id(conn, plan.stream.id)
-                except NoResultFound:
-                    row = None
+                row = existing_row_by_id(conn, plan.stream.id)
                 page = (
                     self._read_messages(conn, row, position, page_bytes, end=plan.end)
                     if row is not None
@@ -151,16 +155,13 @@ class Reads(StoreBase):
         for stream_id, low, high in segments(conn, row):
             if high is not None and high <= position:
                 continue
-            query = (
-                select(chunks.c.data)
-                .where(chunks.c.stream_id == stream_id, chunks.c.position >= max(position, low))
-                .order_by(chunks.c.position)
+            below = min(
+                row.next_position if high is None else high,
+                row.next_position if end is None else end,
             )
-            if high is not None:
-                query = query.where(chunks.c.position < high)
-            if end is not None:
-                query = query.where(chunks.c.position < end)
-            result = conn.execution_options(yield_per=64).execute(query)
+            result = conn.execution_options(yield_per=64).execute(
+                MESSAGES, {"stream_id": stream_id, "start": max(position, low), "below": below}
+            )
             for (data,) in result:
                 if messages and size + len(data) > max_bytes:
                     result.close()
@@ -189,6 +190,27 @@ def _start(row: StreamRow, position: int | None, *, past_tail_ok: bool) -> int:
     return position
 
 
+# The statements of every read, built once (see rows.py). A segment's messages are those of
+# one stream from a position up to, not including, ``below``.
+_SEGMENT = (
+    chunks.c.stream_id == bindparam("stream_id"),
+    chunks.c.position >= bindparam("start"),
+    chunks.c.position < bindparam("below"),
+)
+_sizes = (
+    select(func.sum(func.length(chunks.c.data)).over(order_by=chunks.c.position).label("upto"))
+    .where(*_SEGMENT)
+    .subquery()
+)
+FITTING = select(func.count(), func.coalesce(func.max(_sizes.c.upto), 0)).where(
+    _sizes.c.upto <= bindparam("budget")
+)
+SIZE_AT = select(func.length(chunks.c.data)).where(
+    chunks.c.stream_id == bindparam("stream_id"), chunks.c.position == bindparam("position")
+)
+MESSAGES = select(chunks.c.data).where(*_SEGMENT).order_by(chunks.c.position)
+
+
 def _fitting(
     conn: Connection, stream_id: int, start: int, end: int, budget: int
 ) -> tuple[int, int]:
@@ -196,27 +218,11 @@ def _fitting(
     order, and their size."""
     if budget <= 0:
         return 0, 0
-    upto = func.sum(func.length(chunks.c.data)).over(order_by=chunks.c.position).label("upto")
-    sizes = (
-        select(upto)
-        .where(
-            chunks.c.stream_id == stream_id,
-            chunks.c.position >= start,
-            chunks.c.position < end,
-        )
-        .subquery()
-    )
     count, size = conn.execute(
-        select(func.count(), func.coalesce(func.max(sizes.c.upto), 0)).where(sizes.c.upto <= budget)
+        FITTING, {"stream_id": stream_id, "start": start, "below": end, "budget": budget}
     ).one()
     return int(count), int(size)
 
 
 def _size_at(conn: Connection, stream_id: int, position: int) -> int:
-    return int(
-        conn.execute(
-            select(func.length(chunks.c.data)).where(
-                chunks.c.stream_id == stream_id, chunks.c.position == position
-            )
-        ).scalar_one()
-    )
+    return int(conn.execute(SIZE_AT, {"stream_id": stream_id, "position": position}).scalar_one())

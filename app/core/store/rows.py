@@ -124,10 +124,11 @@ class StreamRow:
         )
 
 
-# The statements of the append path, built once: building a statement costs more than running
-# it on SQLite.
+# The statements of the append and read paths, built once: building a statement costs more
+# than running it on SQLite.
 STREAM_BY_PATH = select(*StreamRow.columns()).where(streams.c.path == bindparam("path"))
 STREAM_BY_PATH_FOR_UPDATE = STREAM_BY_PATH.with_for_update()
+STREAM_BY_ID = select(*StreamRow.columns()).where(streams.c.id == bindparam("id"))
 PRODUCER_STATE = select(producers.c.epoch, producers.c.last_seq).where(
     producers.c.stream_id == bindparam("stream_id"),
     producers.c.producer_id == bindparam("producer_id"),
@@ -164,7 +165,7 @@ def row_by_id(conn: Connection, stream_id: int) -> StreamRow:
 
 def existing_row_by_id(conn: Connection, stream_id: int) -> StreamRow | None:
     """The stream with ``stream_id``, or None when it was removed meanwhile."""
-    found = conn.execute(select(*StreamRow.columns()).where(streams.c.id == stream_id)).first()
+    found = conn.execute(STREAM_BY_ID, {"id": stream_id}).first()
     return None if found is None else StreamRow(*found)
 
 
