@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
+from peers import runstream_server
+from procstat import percentile
 
 from runstream.server.core.follower import Follower, store_reader
 from runstream.server.core.hub import InProcessHub
@@ -41,37 +39,6 @@ from runstream.server.db.migrations import upgrade
 # A 100-byte JSON message, like a chunk of an LLM's output.
 MESSAGE = json.dumps({"token": "x" * 87}).encode()
 assert len(MESSAGE) == 100
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-@contextmanager
-def local_server() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as instance:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
-            env={**os.environ, "RUNSTREAM_INSTANCE_PATH": instance, "RUNSTREAM_AUTH": "disabled"},
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    httpx.head(f"{url}/v1/stream/ready")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            yield url
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
 
 
 def client_of(url: str) -> httpx.Client:
@@ -172,7 +139,7 @@ def wait_for_data(
 def report(name: str, latencies: list[float]) -> None:
     ms = [latency * 1000 for latency in latencies]
     print(
-        f"{name}: median {statistics.median(ms):.2f} ms, p99 {percentile(ms, 0.99):.2f} ms "
+        f"{name}: median {statistics.median(ms):.2f} ms, p99 {percentile(sorted(ms), 0.99):.2f} ms "
         f"({len(ms)} samples)"
     )
 
@@ -184,7 +151,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="wake-up samples")
     args = parser.parse_args()
 
-    with local_server() if args.url is None else nullcontext_url(args.url) as url:
+    with ExitStack() as stack:
+        url = args.url
+        if url is None:
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url = stack.enter_context(runstream_server(logs)).url
         rate = bench_appends(url, args.count)
         print(f"appends: {rate:,.0f} appends/s (one producer, 100-byte JSON, {args.count} appends)")
         report(
@@ -192,11 +163,6 @@ def main() -> None:
             bench_http_wakeup(url, args.samples),
         )
     report("wake-up in process (commit -> reader has data)", bench_inprocess_wakeup(args.samples))
-
-
-@contextmanager
-def nullcontext_url(url: str) -> Iterator[str]:
-    yield url
 
 
 if __name__ == "__main__":

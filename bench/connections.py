@@ -20,9 +20,12 @@ What it does, for each kind of reader (websocket, then SSE), on a fresh server:
   processes (the gunicorn arbiter and its worker); and the latency of normal requests.
 - Opens readers in steps (2,000, then R), from client processes that hold them in asyncio over
   raw sockets (a few KiB each): websocket readers of the run stream
-  (``/realtime/v2/streams/<run_id>/idle?timeout_in_seconds=600``), or SSE readers of the same
-  stream (``/v1/stream/runs/<run_id>/idle?offset=now&live=sse``). A reader counts as live once
-  its first frame (the stored chunk) or its first control event has arrived. Every attempt has
+  (``/realtime/v2/streams/<run_id>/idle?timeout_in_seconds=600``), SSE readers of the same
+  stream (``/v1/stream/runs/<run_id>/idle?offset=now&live=sse``), or (``--kind long-poll``)
+  long-poll readers of it, each asking for the tail's offset (``?offset=now``) and then
+  long-polling there (``&live=long-poll``) again and again on its connection. A reader counts
+  as live once its first frame (the stored chunk), its first control event or its answer to
+  ``offset=now`` has arrived. Every attempt has
   a timeout (``--connect-timeout``) and every step a deadline (``--open-seconds``): a reader the
   server does not take fails with its reason, it never hangs the benchmark.
 - At each step, with the readers idle: server CPU over ``--idle-seconds``, RSS and RSS per
@@ -49,7 +52,6 @@ import asyncio
 import base64
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import http.client
 import json
@@ -73,7 +75,15 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
-from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, status_sum, stop_server
+from procstat import (
+    cpu_seconds,
+    die_with_parent,
+    percentile,
+    process_tree,
+    raise_fd_limit,
+    status_sum,
+    stop_server,
+)
 
 HOST = "127.0.0.1"
 KEY = "idle"  # the run stream the readers follow
@@ -86,11 +96,10 @@ REQUEST_TIMEOUT = 10.0
 RETURN_SECONDS = 10.0  # how long to watch the server come back after the readers close
 RETURN_MARGIN = 0.10
 SOCKETS_MARGIN = 2  # sockets over the baseline's that still count as every reader closed
-KINDS = ("ws", "sse")
+BOTH = ("ws", "sse")  # the kinds of --kind both, the default
 SERVE = [sys.executable, "-m", "runstream.server", "serve", "--port", "{port}"]
 GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
 PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
-PR_SET_PDEATHSIG = 1
 
 
 class Broken(Exception):
@@ -161,12 +170,6 @@ class Server:
             for line in self.log.read_text(errors="replace").splitlines()
             if PROBLEM.search(line)
         ]
-
-
-def die_with_parent() -> None:
-    """Run in the server's process before it starts: it gets SIGTERM if the benchmark dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -526,12 +529,85 @@ class SSEReader(Reader):
                 self.now_live()
 
 
+class LongPollReader(Reader):
+    """A long-poll reader from the tail, on one keep-alive connection: a plain GET at
+    ``offset=now`` learns the tail's offset (live once it is answered); then each long-poll
+    waits there until new messages come (counted) or the server's timeout (204), and the next
+    one starts at the offset the last one answered."""
+
+    def __init__(self, request: bytes) -> None:
+        super().__init__(request)
+        self.received = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        while self.ended is None and (response := take_response(self.received)) is not None:
+            self.answered(*response)
+
+    def answered(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        offset = headers.get(b"stream-next-offset")
+        if status not in (200, 204) or offset is None:
+            self.fail(f"answered {status}" + " without Stream-Next-Offset" * (offset is None))
+            return
+        if self.live and status == 200:
+            with contextlib.suppress(ValueError, TypeError):
+                self.got_chunks(len(json.loads(body)))
+        self.now_live()
+        if self.transport is not None:
+            poll = b"offset=" + offset + b"&live=long-poll"
+            self.transport.write(self.request.replace(b"offset=now", poll, 1))
+
+
+def take_response(received: bytearray) -> tuple[int, dict[bytes, bytes], bytes] | None:
+    """The first whole HTTP/1.1 response in ``received`` (its body sized by Content-Length or
+    chunked, without trailers), taken out of it: status, headers (lower-case names), body; None
+    while it has not all arrived."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    status_line, *lines = bytes(received[:end]).split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    body, position = bytearray(), end + 4
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            line_end = received.find(b"\r\n", position)
+            if line_end < 0:
+                return None
+            size = int(bytes(received[position:line_end]).split(b";", 1)[0], 16)
+            position = line_end + 2 + size + 2  # the chunk, and the line break after it
+            if len(received) < position:
+                return None
+            if size == 0:
+                break
+            body += received[line_end + 2 : position - 2]
+    else:
+        position += int(headers.get(b"content-length", b"0"))
+        if len(received) < position:
+            return None
+        body += received[end + 4 : position]
+    del received[:position]
+    return int(status_line.split()[1]), headers, bytes(body)
+
+
+READERS: dict[str, type[Reader]] = {
+    "ws": WebSocketReader,
+    "sse": SSEReader,
+    "long-poll": LongPollReader,
+}
+
+
 @dataclass(frozen=True)
 class ClientJob:
+    """What one client process holds: readers of one kind (of READERS) of the stream at
+    ``path`` (a websocket route for ``ws``, a Durable Streams stream for the others)."""
+
     index: int
     kind: str
     port: int
-    run_id: str
+    path: str
     connect_timeout: float
     parent_pid: int
 
@@ -549,18 +625,26 @@ class ClientReport:
     rss_mib: float = 0.0
 
 
+def reader_path(kind: str, run_id: str) -> str:
+    """Where a reader of ``kind`` reads the run stream ``KEY`` of ``run_id``."""
+    if kind == "ws":
+        return f"/realtime/v2/streams/{run_id}/{KEY}"
+    return f"/v1/stream/runs/{run_id}/{KEY}"
+
+
 def reader_request(job: ClientJob) -> bytes:
     host = f"Host: {HOST}:{job.port}\r\n"
     if job.kind == "ws":
         key = base64.b64encode(os.urandom(16)).decode()
         return (
-            f"GET /realtime/v2/streams/{job.run_id}/{KEY}?timeout_in_seconds=600 HTTP/1.1\r\n"
+            f"GET {job.path}?timeout_in_seconds=600 HTTP/1.1\r\n"
             f"{host}Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
+    if job.kind == "long-poll":
+        return f"GET {job.path}?offset=now HTTP/1.1\r\n{host}\r\n".encode()
     return (
-        f"GET /v1/stream/runs/{job.run_id}/{KEY}?offset=now&live=sse HTTP/1.1\r\n"
-        f"{host}Accept: text/event-stream\r\n\r\n"
+        f"GET {job.path}?offset=now&live=sse HTTP/1.1\r\n{host}Accept: text/event-stream\r\n\r\n"
     ).encode()
 
 
@@ -642,7 +726,7 @@ async def open_readers(
     what is not live after ``seconds``. The connection times (ms) of the live ones."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + seconds
-    kind = WebSocketReader if job.kind == "ws" else SSEReader
+    kind = READERS[job.kind]
     times: list[float] = []
 
     async def open_one(reader: Reader) -> None:
@@ -837,7 +921,9 @@ def measure_kind(kind: str, server: Server, options: Options, result: KindResult
     processes = options.client_processes or max(
         2, math.ceil(options.readers / READS_PER_CLIENT_PROCESS)
     )
-    job = ClientJob(0, kind, server.port, run_id, options.connect_timeout, os.getpid())
+    job = ClientJob(
+        0, kind, server.port, reader_path(kind, run_id), options.connect_timeout, os.getpid()
+    )
     clients = Clients(job, processes)
     try:
         for asked in options.steps:
@@ -1083,7 +1169,9 @@ def report(results: list[KindResult]) -> None:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--readers", type=int, default=10000, help="readers at the last step")
-    parser.add_argument("--kind", choices=("ws", "sse", "both"), default="both")
+    parser.add_argument(
+        "--kind", choices=(*READERS, "both"), default="both", help="both: ws, then sse"
+    )
     parser.add_argument(
         "--steps", help="reader counts to measure at, comma-separated (default: 2000,R)"
     )
@@ -1121,7 +1209,7 @@ def main() -> int:
     args = parse_arguments()
     raise_fd_limit()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
-    kinds = list(KINDS) if args.kind == "both" else [args.kind]
+    kinds = list(BOTH) if args.kind == "both" else [args.kind]
     logs = Path(tempfile.mkdtemp(prefix="connections-logs-"))
     options = Options(
         readers=args.readers,

@@ -243,9 +243,13 @@ def _client_scenario(scenario: ClientScenario) -> Scenario:
     return Scenario(scenario.name, lambda run: client_scenario(run, scenario))
 
 
+# Imported here, not at the top: scenario modules build theirs from Run and Scenario above.
+from capacity import CAPACITY_SCENARIOS  # noqa: E402
+
 SCENARIOS: list[Scenario] = [
     Scenario("raw_ping", lambda run: raw_ping_scenario(run)),
     *(_client_scenario(scenario) for scenario in CLIENT_SCENARIOS),
+    *CAPACITY_SCENARIOS,
 ]
 
 

@@ -3,14 +3,16 @@
 server (in memory), started from bench/node/.
 
 Every server is a child process in a session of its own, stopped with its whole process group
-on the way out (:func:`procstat.stop_server`), however the run ends; the reference server also
-stops when its stdin closes, so that a harness killed outright leaves none behind.
+on the way out (:func:`procstat.stop_server`), however the run ends; so that a harness killed
+outright leaves none behind, Runstream gets SIGTERM when its parent dies
+(:func:`procstat.die_with_parent`) and the reference server stops when its stdin closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,11 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from procstat import stop_server
+from procstat import die_with_parent, process_tree, stop_server
 
 HOST = "127.0.0.1"
 NODE_FOLDER = Path(__file__).resolve().parent / "node"
 START_SECONDS = 30.0
+SQLITE = "Runstream (SQLite)"  # the names of the servers in the results
+REFERENCE = "reference (Node, in memory)"
+GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
+PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
+
+
+class ServerRefused(RuntimeError):
+    """The server exited at start, saying why in its log (a setting it refuses, say)."""
 
 
 @dataclass
@@ -42,9 +52,26 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def pids(self) -> list[int]:
+        """The server's processes now: a gunicorn arbiter and its workers."""
+        return process_tree(self.process.pid)
+
     def log_tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace").splitlines()
         return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty)"
+
+    def log_problems(self) -> list[str]:
+        """The log's errors and warnings: gunicorn's, the app's, and each exception's last line."""
+        return [
+            GUNICORN_PREFIX.sub("", line.strip())
+            for line in self.log.read_text(errors="replace").splitlines()
+            if PROBLEM.search(line)
+        ]
 
 
 def free_port() -> int:
@@ -59,7 +86,7 @@ def wait_until_serving(server: Server) -> None:
     deadline = time.monotonic() + START_SECONDS
     while True:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited at start:\n{server.log_tail()}")
+            raise ServerRefused(f"{server.name} exited at start:\n{server.log_tail()}")
         try:
             httpx.head(f"{server.url}/v1/stream/ready", timeout=1)
             return
@@ -73,18 +100,29 @@ def wait_until_serving(server: Server) -> None:
 
 @contextlib.contextmanager
 def runstream_server(
-    logs: Path, *, name: str = "Runstream (SQLite)", env: Mapping[str, str] | None = None
+    logs: Path,
+    *,
+    name: str = SQLITE,
+    env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[Server]:
-    """``runstream serve`` on a fresh SQLite instance folder, authentication off (loopback
-    only); ``env`` adds settings (RUNSTREAM_DATABASE_URL for another store, say)."""
+    """``runstream serve`` on a fresh instance folder (SQLite unless ``env`` says otherwise),
+    authentication off (loopback only), with ``workers`` processes; ``env`` gives settings
+    (RUNSTREAM_DATABASE_URL and RUNSTREAM_REDIS_URL for another store and hub, say). The outer
+    environment's RUNSTREAM_* settings stay out: a Redis URL or a database left there would
+    change what is measured without saying so."""
+    outer = {key: value for key, value in os.environ.items() if not key.startswith("RUNSTREAM_")}
     with tempfile.TemporaryDirectory() as instance:
         port = free_port()
         log = logs / f"runstream-{port}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "runstream.server", "serve", "--port", str(port)],
+                [
+                    *(sys.executable, "-m", "runstream.server", "serve"),
+                    *("--port", str(port), "--workers", str(workers)),
+                ],
                 env={
-                    **os.environ,
+                    **outer,
                     "RUNSTREAM_INSTANCE_PATH": instance,
                     "RUNSTREAM_AUTH": "disabled",
                     **(env or {}),
@@ -92,6 +130,7 @@ def runstream_server(
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         server = Server(name, f"http://{HOST}:{port}", process, log)
         try:
@@ -133,7 +172,7 @@ def reference_server(logs: Path) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server("reference (Node, in memory)", f"http://{HOST}:{port}", process, log)
+    server = Server(REFERENCE, f"http://{HOST}:{port}", process, log)
     try:
         wait_until_serving(server)
         yield server

@@ -8,6 +8,7 @@ measure is summed over a process and its descendants.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
 
 
 def raise_fd_limit() -> None:
@@ -71,6 +73,16 @@ def status_sum(pids: Sequence[int], name: str) -> int:
 def percentile(ordered: Sequence[float], fraction: float) -> float:
     """The value at ``fraction`` of samples already sorted."""
     return float(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))])
+
+
+def die_with_parent() -> None:
+    """Run in a server's process before it starts (``preexec_fn``): it gets SIGTERM when the
+    benchmark's process dies, however it dies, and never outlives it. The setting lasts through
+    the ``exec`` (``runstream serve`` re-executes itself); a gunicorn arbiter stops its workers
+    on that SIGTERM, and they stop if it is gone. ``preexec_fn`` is safe only in a process that
+    runs no other thread when it starts the server, as the benchmarks' main threads do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:

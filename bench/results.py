@@ -1,9 +1,11 @@
 """The figures of a benchmark run, and what is made of them: one table with Runstream's figure
 beside each peer's and their ratio, a JSON file, a PNG chart, and a Markdown page.
 
-A ratio is always Runstream's figure divided by the peer's. Whether more is better depends on
-the measure (appends per second: more; latency: less), so every row says which, and the table
-says, for each ratio, whether Runstream leads.
+A ratio is Runstream's figure divided by the peer's; for a measure that names a baseline system
+(one Runstream configuration against another), it is each other system's figure divided by the
+baseline's. Whether more is better depends on the measure (appends per second: more; latency:
+less), so every row says which, and the table says, for each ratio, whether the row's system
+leads.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ RUNSTREAM = "Runstream"
 @dataclass(frozen=True)
 class Measure:
     """What one figure measures: a scenario, the figure's name, its unit, and which way is
-    better."""
+    better; and, where the systems compared are not Runstream and its peers but configurations
+    of Runstream, the one that the others' figures are divided by."""
 
     scenario: str
     name: str
     unit: str
     higher_is_better: bool
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,23 @@ class Results:
 
     # -- the table -----------------------------------------------------------------------------
 
+    def compared(self, measure: Measure) -> tuple[dict[str, float], dict[str, float]]:
+        """The figures of a measure's rows, and those each row is compared with: Runstream's
+        and its peers', or, for a measure with a baseline, every other system's and the
+        baseline's (the baseline's alone, without a ratio, when no other system has one)."""
+        systems = self.systems(measure)
+        if measure.baseline is None:
+            ours = {name: value for name, value in systems.items() if name.startswith(RUNSTREAM)}
+        else:  # the baseline's figure, with no other system's, is a row of its own
+            ours = {n: v for n, v in systems.items() if n != measure.baseline} or systems
+        return ours, {name: value for name, value in systems.items() if name not in ours}
+
     def rows(self) -> list[dict[str, Any]]:
-        """A row per measure and Runstream system, with each peer's figure and the ratio."""
+        """A row per measure and Runstream system (or system besides the baseline), with each
+        peer's (or the baseline's) figure and the ratio."""
         rows = []
         for measure in self.measures():
-            systems = self.systems(measure)
-            ours = {name: value for name, value in systems.items() if name.startswith(RUNSTREAM)}
-            peers = {name: value for name, value in systems.items() if name not in ours}
+            ours, peers = self.compared(measure)
             for name, value in ours.items():
                 rows.append(
                     {
@@ -105,7 +119,8 @@ class Results:
                 "machine": machine,
                 "settings": settings,
                 "figures": [
-                    {**asdict(figure.measure), "system": figure.system, "value": figure.value}
+                    {k: v for k, v in asdict(figure.measure).items() if v is not None}
+                    | {"system": figure.system, "value": figure.value}
                     | ({"note": figure.note} if figure.note else {})
                     for figure in self.figures
                 ],
@@ -135,7 +150,8 @@ class Results:
         for axis, measure in zip(axes.flat, measures, strict=False):
             systems = self.systems(measure)
             names = list(systems)
-            colours = ["#4338ca" if name.startswith(RUNSTREAM) else "#9ca3af" for name in names]
+            ours, _ = self.compared(measure)
+            colours = ["#4338ca" if name in ours else "#9ca3af" for name in names]
             bars = axis.barh(names, list(systems.values()), color=colours)
             axis.bar_label(bars, labels=[number(value) for value in systems.values()], padding=3)
             better = "more" if measure.higher_is_better else "less"
@@ -156,7 +172,8 @@ def ratio(ours: float, theirs: float) -> float | None:
 
 
 def verdict(factor: float | None, measure: Measure) -> str:
-    """``0.42x (behind)`` or ``2.1x (leads)``: Runstream's figure over the peer's."""
+    """``0.42x (behind)`` or ``2.1x (leads)``: the row's figure over the peer's (or the
+    baseline's)."""
     if factor is None:
         return "—"
     leads = factor >= 1 if measure.higher_is_better else factor <= 1

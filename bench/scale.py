@@ -20,7 +20,7 @@ server migrates a fresh schema on start. Use a database of its own: it is wiped.
    over Redis pub/sub; with ``--hub postgres`` they get no Redis URL, which leaves the server to
    pick its PostgreSQL ``LISTEN``/``NOTIFY`` hub (where the server has none, B's readers hear
    only the store's slow timer, if any: that shows as missing chunks and long latencies).
-   A is started and ready (``GET /healthz`` 200) before B. One writer appends 100 chunks/s
+   A is started and serving (it answers a request) before B. One writer appends 100 chunks/s
    (about 100 bytes of JSON each, carrying its send time), paced by an absolute schedule (chunk
    n at start + n/100 s), one HTTP POST per chunk (``POST /v1/stream/runs/<run>/scale``, one
    keep-alive connection, each POST waiting for its 204) through A. R readers (``--readers``)
@@ -68,10 +68,7 @@ import json
 import multiprocessing
 import os
 import queue
-import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +82,9 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit, stop_server
+import peers
+from peers import Server, ServerRefused
+from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit
 
 HOST = "127.0.0.1"
 KEY = "scale"  # the run stream's key in the latency part
@@ -97,11 +96,11 @@ HUBS = ("redis", "postgres")
 Key = tuple[int, int]  # a writer's number and an append's n
 TRANSPORTS = ("sse", "ws")
 CONNECTS_AT_ONCE = 50  # per client process: connection attempts in flight at once
-SERVE = [sys.executable, "-m", "runstream.server", "serve"]
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test_a"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-GUNICORN_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")  # its time and pid
-PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^[\w.]+(Error|Exception)\b|handler failed")
+# What the benchmarks use (--database-url, --redis-url) unless told otherwise.
+DEFAULT_DATABASE_URL = (
+    os.environ.get("RUNSTREAM_BENCH_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test_a"
+)
+DEFAULT_REDIS_URL = os.environ.get("RUNSTREAM_BENCH_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 def make_chunk(fields: str) -> bytes:
@@ -133,8 +132,11 @@ def postgres_problem(url: str) -> str | None:
 
 
 def redis_problem(url: str) -> str | None:
-    import redis
-
+    """Why the Redis at ``url`` cannot be used (redis-py missing, say), or None."""
+    try:
+        import redis
+    except ImportError as error:
+        return f"redis-py is not installed ({error})"
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
@@ -208,91 +210,17 @@ def machine_busy(before: tuple[int, int]) -> float:
 # -- the servers -------------------------------------------------------------------------------
 
 
-class ServerRefused(RuntimeError):
-    """The server exited at start, saying why (a setting it refuses)."""
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def pids(self) -> list[int]:
-        return process_tree(self.process.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(f"    | {line}" for line in text[-lines:]) or "    | (empty)"
-
-    def log_problems(self) -> list[str]:
-        """The log's errors and warnings: gunicorn's, the app's, and each exception's last line."""
-        return [
-            GUNICORN_PREFIX.sub("", line.strip())
-            for line in self.log.read_text(errors="replace").splitlines()
-            if PROBLEM.search(line)
-        ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def runstream_server(
     name: str, database_url: str, redis_url: str | None, workers: int, logs: Path
 ) -> Iterator[Server]:
-    """``runstream serve`` on the database (and Redis), auth disabled, ready (``/healthz``
-    200) when it is yielded, killed on the way out."""
-    import httpx
-
-    # The outer environment's RUNSTREAM_* settings (a Redis URL above all) stay out.
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTREAM_")}
-    with tempfile.TemporaryDirectory(prefix=f"scale-{name}-") as instance:
-        port = free_port()
-        log = logs / f"server-{name}-{port}.log"
-        environ.update(
-            RUNSTREAM_INSTANCE_PATH=instance,
-            RUNSTREAM_AUTH="disabled",
-            RUNSTREAM_DATABASE_URL=database_url,
-        )
-        if redis_url:
-            environ["RUNSTREAM_REDIS_URL"] = redis_url
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [*SERVE, "--port", str(port), "--workers", str(workers)],
-                env=environ,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = Server(name, port, log, process)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise ServerRefused(
-                        f"server {name} exited at start with {process.returncode}:\n"
-                        f"{server.log_tail()}"
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server {name} not ready in 60 s:\n{server.log_tail()}")
-                time.sleep(0.05)
-            yield server
-        finally:
-            stop_server(process)
+    """``runstream serve`` on the database (and Redis), auth disabled, with ``workers``
+    processes, ready when it is yielded, stopped on the way out."""
+    env = {"RUNSTREAM_DATABASE_URL": database_url}
+    if redis_url:
+        env["RUNSTREAM_REDIS_URL"] = redis_url
+    with peers.runstream_server(logs, name=name, env=env, workers=workers) as server:
+        yield server
 
 
 def log_notes(servers: Sequence[Server], show_tail: bool) -> tuple[int, list[str]]:
@@ -1233,12 +1161,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--workers", default="1,4", help="server processes (throughput)")
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("RUNSTREAM_BENCH_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        default=DEFAULT_DATABASE_URL,
         help="a PostgreSQL database of its own: its Runstream tables are dropped",
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("RUNSTREAM_BENCH_REDIS_URL") or DEFAULT_REDIS_URL
-    )
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args()
     if args.smoke:
         args.readers, args.seconds = 10, 3.0
