@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ...db import writing
@@ -33,6 +33,18 @@ from .rows import (
     producers,
     streams,
 )
+
+# A producer's state after each of its appends, built once (see rows.py).
+UPDATE_PRODUCER = (
+    update(producers)
+    .where(
+        producers.c.stream_id == bindparam("match_stream_id"),
+        producers.c.producer_id == bindparam("match_producer_id"),
+    )
+    .values(epoch=bindparam("epoch"), last_seq=bindparam("last_seq"), seen_at=bindparam("seen_at"))
+)
+UPDATE_WRITER = UPDATE_PRODUCER.values(writing=bindparam("writing"))
+INSERT_PRODUCER = insert(producers)
 
 
 class Appends(Creation):
@@ -157,16 +169,12 @@ class Appends(Creation):
         values: dict[str, Any] = {"epoch": epoch, "last_seq": last_seq, "seen_at": now}
         if writing is not None:
             values["writing"] = writing
-        updated = conn.execute(
-            update(producers)
-            .where(producers.c.stream_id == stream_id, producers.c.producer_id == producer_id)
-            .values(values)
-        )
+        keys = {"match_stream_id": stream_id, "match_producer_id": producer_id}
+        updated = conn.execute(UPDATE_PRODUCER if writing is None else UPDATE_WRITER, values | keys)
         if updated.rowcount == 0:
             conn.execute(
-                insert(producers).values(
-                    {"writing": False, **values, "stream_id": stream_id, "producer_id": producer_id}
-                )
+                INSERT_PRODUCER,
+                {"writing": False, **values, "stream_id": stream_id, "producer_id": producer_id},
             )
 
     # -- websocket writers -------------------------------------------------------------------
