@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from peers import NODE_FOLDER, Server, node_ready, reference_server, runstream_server
-from procstat import percentile
 from results import Measure, Results, machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,56 +139,6 @@ def client_scenario(run: Run, scenario: ClientScenario) -> None:
         run.results.add(measure, system, statistics.median(values), note)
 
 
-# -- a plain request, from the leanest client ----------------------------------------------------
-
-RAW_PING = "a plain request's round trip: HEAD of a stream, one keep-alive connection, raw socket"
-
-
-def raw_ping(server: Server, count: int) -> list[float]:
-    """Round trips of ``count`` HEAD requests of one stream over one keep-alive connection, in
-    ms, from a client that only writes the request and reads to the end of the head: what the
-    server's stack costs a request, with next to nothing of the client's."""
-    path = f"/v1/stream/bench-ping-{uuid.uuid4().hex}"
-    created = httpx.put(f"{server.url}{path}", headers={"Content-Type": "application/json"})
-    if created.status_code != 201:
-        raise ScenarioFailed(f"ping: creating {path} on {server.name}: {created.status_code}")
-    host, port = server.url.removeprefix("http://").split(":")
-    request = f"HEAD {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def one() -> float:
-            started = time.perf_counter()
-            sock.sendall(request)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                received = sock.recv(65536)
-                if not received:
-                    raise ScenarioFailed(f"ping: {server.name} closed the connection")
-                head += received
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise ScenarioFailed(f"ping: {server.name} answered {head[:40]!r}")
-            return (time.perf_counter() - started) * 1000
-
-        for _ in range(min(200, count)):
-            one()  # warm-up: the connection, the server's caches
-        return sorted(one() for _ in range(count))
-
-
-def raw_ping_scenario(run: Run) -> None:
-    count = 300 if run.smoke else 5000
-    samples: dict[str, list[float]] = {}
-    for round_number in range(run.rounds):
-        for server in run.alternating(run.servers, round_number):
-            samples.setdefault(server.name, []).extend(raw_ping(server, count))
-    p50 = Measure(RAW_PING, "p50", "ms", False)
-    p99 = Measure(RAW_PING, "p99", "ms", False)
-    for name, times in samples.items():
-        times.sort()
-        run.results.add(p50, name, percentile(times, 0.50), f"{len(times)} requests")
-        run.results.add(p99, name, percentile(times, 0.99), f"{len(times)} requests")
-
-
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -245,9 +191,10 @@ def _client_scenario(scenario: ClientScenario) -> Scenario:
 
 # Imported here, not at the top: scenario modules build theirs from Run and Scenario above.
 from capacity import CAPACITY_SCENARIOS  # noqa: E402
+from layers import LAYER_SCENARIOS  # noqa: E402
 
 SCENARIOS: list[Scenario] = [
-    Scenario("raw_ping", lambda run: raw_ping_scenario(run)),
+    *LAYER_SCENARIOS,
     *(_client_scenario(scenario) for scenario in CLIENT_SCENARIOS),
     *CAPACITY_SCENARIOS,
 ]
