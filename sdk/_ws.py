@@ -10,10 +10,12 @@ refuses them (a 4xxx close code) or stays unreachable for ``give_up_after`` seco
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -118,8 +120,9 @@ class ChunkWriter:
         self.writer_id = f"py-{uuid.uuid4().hex}"
         self._config = config
         self._backoff = _Backoff(give_up_after or GIVE_UP_AFTER, StreamWriteError)
-        # Chunks not yet acknowledged, as (seq, JSON text), in seq order.
-        self._unacknowledged: list[tuple[int, str]] = []
+        # Chunks not yet acknowledged, as (seq, JSON text), in seq order and numbered without
+        # gaps: acknowledgements take from its left end, writes add to its right.
+        self._unacknowledged: deque[tuple[int, str]] = deque()
         self._next_seq = 0
         self._closing = False
         self._changed = asyncio.Event()
@@ -181,7 +184,7 @@ class ChunkWriter:
         try:
             sent_through = ready["last_seq"]
             while True:
-                unsent = [item for item in self._unacknowledged if item[0] > sent_through]
+                unsent = self._sent_after(sent_through)
                 if unsent:
                     sent_through = await self._send_frames(connection, unsent)
                     self._awaiting_ack_since = self._awaiting_ack_since or time.monotonic()
@@ -242,9 +245,17 @@ class ChunkWriter:
                 self._backoff.succeeded()
                 self._changed.set()
 
+    def _sent_after(self, seq: int) -> list[tuple[int, str]]:
+        """The queued chunks after ``seq``, found by position: the queue is numbered without
+        gaps."""
+        if not self._unacknowledged:
+            return []
+        skip = max(seq + 1 - self._unacknowledged[0][0], 0)
+        return list(itertools.islice(self._unacknowledged, skip, None))
+
     def _acknowledge(self, seq: int) -> None:
         while self._unacknowledged and self._unacknowledged[0][0] <= seq:
-            self._unacknowledged.pop(0)
+            self._unacknowledged.popleft()
         # Progress: the wait for the next ack, if chunks are still out, starts now.
         self._awaiting_ack_since = time.monotonic() if self._unacknowledged else None
 

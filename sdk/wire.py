@@ -47,11 +47,19 @@ def is_refusal(code: int) -> bool:
     return 4000 <= code < 5000 and code != CLOSE_TIMEOUT
 
 
+# One encoder for every chunk: json.dumps with options builds a new one on each call, which for
+# small chunks cost more than the encoding.
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_chunk(chunk: Any) -> str:
     """A chunk's JSON text; TypeError or ValueError for what is not a JSON value."""
-    text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"the chunk holds a string that is not valid Unicode: {error}") from None
+    text = _encoder.encode(chunk)
+    if not text.isascii():  # ASCII text holds no lone surrogate (and the test costs nothing)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"the chunk holds a string that is not valid Unicode: {error}"
+            ) from None
     return text

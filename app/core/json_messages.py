@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from .errors import Invalid, TooLarge
@@ -95,21 +96,39 @@ def _decode(text: str, index: int, max_depth: int) -> tuple[Any, int]:
     """Decode one JSON value at ``index``; ValueError for anything :func:`check_value`
     refuses, and for nesting too deep for Python's decoder itself.
 
-    The walk of :func:`check_value` is skipped where the text alone shows it would find
-    nothing (for a batch of small messages it cost more than decoding them): a lone surrogate
-    can only come from a ``\\u`` escape (text decoded from UTF-8 holds none), and a value
-    cannot nest deeper than the brackets it holds.
+    The walk of :func:`check_value` over the decoded value, which for a batch of small
+    messages cost more than decoding them, runs only where the text could hold a lone
+    surrogate: only a ``\\u`` escape can make one (text decoded from UTF-8 holds none).
+    Otherwise the depth is told from the text's brackets alone (:func:`_nests_deeper`).
     """
     try:
         value, end = _decoder.raw_decode(text, index)
     except RecursionError:
         raise ValueError(f"it nests arrays and objects more than {max_depth} levels deep") from None
-    if (
-        "\\u" in text[index:end]
-        or text.count("[", index, end) + text.count("{", index, end) > max_depth
-    ):
+    if text.find("\\u", index, end) != -1:
         check_value(value, max_depth)
+    elif text.count("[", index, end) + text.count("{", index, end) > max_depth and _nests_deeper(
+        text[index:end], max_depth
+    ):
+        raise ValueError(f"it nests arrays and objects more than {max_depth} levels deep")
     return value, end
+
+
+_strings = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_not_brackets = re.compile(r"[^\[\]{}]+")
+_innermost_pairs = re.compile(r"\[\]|\{\}")
+
+
+def _nests_deeper(text: str, max_depth: int) -> bool:
+    """Whether valid JSON ``text`` nests arrays and objects more than ``max_depth`` levels
+    deep, told by C-speed passes over its brackets: with strings taken out, each pass removes
+    the innermost level, so text of depth d is gone after d passes."""
+    brackets = _not_brackets.sub("", _strings.sub("", text))
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        brackets = _innermost_pairs.sub("", brackets)
+    return bool(brackets)
 
 
 def split_messages(body: bytes, *, max_messages: int | None = None) -> list[bytes]:
