@@ -191,12 +191,14 @@ def _client_scenario(scenario: ClientScenario) -> Scenario:
 
 # Imported here, not at the top: scenario modules build theirs from Run and Scenario above.
 from capacity import CAPACITY_SCENARIOS  # noqa: E402
+from delivery import DELIVERY_SCENARIOS  # noqa: E402
 from layers import LAYER_SCENARIOS  # noqa: E402
 
 SCENARIOS: list[Scenario] = [
     *LAYER_SCENARIOS,
     *(_client_scenario(scenario) for scenario in CLIENT_SCENARIOS),
     *CAPACITY_SCENARIOS,
+    *DELIVERY_SCENARIOS,
 ]
 
 

@@ -26,7 +26,7 @@ import queue
 import socket
 import time
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
@@ -309,7 +309,7 @@ async def run_readers(job: Job, signals: Signals) -> ProcessResult:
     while not signals.go.is_set() and time.monotonic() < go_deadline and parent_alive():
         await asyncio.sleep(0.005)
     cpu_start = sum(os.times()[:2])
-    everyone = asyncio.gather(*tasks)
+    everyone = asyncio.gather(*tasks, return_exceptions=True)
     written_at: float | None = None
     # Until every reader is done, the writer finished drain_seconds ago, or the parent is gone.
     while not everyone.done() and parent_alive():
@@ -320,7 +320,7 @@ async def run_readers(job: Job, signals: Signals) -> ProcessResult:
         await asyncio.wait([everyone], timeout=0.1)
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await everyone
     return summed(job.index, tallies, sum(os.times()[:2]) - cpu_start)
 
 
@@ -411,9 +411,13 @@ class HttpConnection:
         return self.streams
 
     async def request(self, method: str, target: str, body: bytes | None = None) -> Response:
-        """The response to one request. A GET the server did not answer on a connection it had
-        kept alive (it closed it meanwhile) is sent again once on a new one; nothing else is."""
+        """The response to one request. A connection the server has closed while it was idle
+        is replaced before the request; a GET it did not answer on a connection it had kept
+        alive (it closed it just then) is sent again once on a new one; nothing else is."""
         while True:
+            if self.streams is not None and self.streams[0].at_eof():
+                await self.close()
+                self.reopened += 1
             reused = self.streams is not None
             reader, writer = await self.open()
             writer.write(request_bytes(method, self.port, target, body, "application/json"))
@@ -451,7 +455,7 @@ class HttpConnection:
 
 async def sse_events(
     port: int, target: str, connecting: asyncio.Semaphore
-) -> AsyncIterator[tuple[bytes, bytes, float]]:
+) -> AsyncGenerator[tuple[bytes, bytes, float], None]:
     """The events of one SSE response, as they come: each event's type (``message`` unless it
     says), its data (its data lines joined) and the time it arrived. Comments and events
     without data are left out. Use it with :func:`contextlib.aclosing`."""
