@@ -51,8 +51,9 @@ from ..core.errors import Busy
 log = logging.getLogger(__name__)
 
 WRITE_OPTION = "runstream_write"
-# A read of one statement, which SQLite runs without a transaction (see reading()).
-_ONE_STATEMENT_OPTION = "runstream_one_statement"
+# A read whose statements need no common snapshot, which SQLite runs without a transaction
+# (see reading()).
+_NO_SNAPSHOT_OPTION = "runstream_no_snapshot"
 # When a write transaction that is waiting for SQLite's write lock gives up (time.monotonic()).
 _DEADLINE_OPTION = "runstream_write_deadline"
 # How long a write waits for the database's write lock before it is refused with 503 and
@@ -122,31 +123,32 @@ def writing(engine: Engine, *, wait: float | None = None) -> Iterator[Connection
 
 
 @contextlib.contextmanager
-def reading(engine: Engine, *, one_statement: bool = False) -> Iterator[Connection]:
+def reading(engine: Engine, *, snapshot: bool = True) -> Iterator[Connection]:
     """A read transaction: one consistent snapshot of the database.
 
     It takes no lock of this process and never waits for the write lock: in WAL mode SQLite's
     readers read the last commit while a writer writes.
 
-    With ``one_statement`` the block runs a single statement, which is a snapshot by itself:
-    SQLite then runs it with no transaction around it, whose BEGIN and COMMIT cost as much as
-    the statement (a stream's HEAD, a live reader's look at the tail)."""
-    chosen = _one_statement_engine(engine) if one_statement and is_sqlite(engine) else engine
+    With ``snapshot=False`` each statement reads the last commit by itself, and SQLite runs
+    them with no transaction around them, whose BEGIN and COMMIT cost as much as a small
+    statement: for a read of one statement (a stream's HEAD), or of rows that never change once
+    committed (a live reader's look at its stream, every long-poll request's first step)."""
+    chosen = engine if snapshot or not is_sqlite(engine) else _no_snapshot_engine(engine)
     with _refusals(busy_timeout(engine)), connected(chosen) as conn, conn.begin():
         yield conn
 
 
-_one_statement_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_no_snapshot_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
-def _one_statement_engine(engine: Engine) -> Engine:
-    """``engine`` with the option that has SQLite run a statement outside a transaction: an
+def _no_snapshot_engine(engine: Engine) -> Engine:
+    """``engine`` with the option that has SQLite run statements outside a transaction: an
     engine of its own, sharing the pool, made once (setting the option on each connection cost
-    a fifth of the read)."""
-    chosen = _one_statement_engines.get(engine)
+    a fifth of a small read)."""
+    chosen = _no_snapshot_engines.get(engine)
     if chosen is None:
-        chosen = engine.execution_options(**{_ONE_STATEMENT_OPTION: True})
-        _one_statement_engines[engine] = chosen
+        chosen = engine.execution_options(**{_NO_SNAPSHOT_OPTION: True})
+        _no_snapshot_engines[engine] = chosen
     return chosen
 
 
@@ -462,7 +464,7 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
             if deadline is None:
                 deadline = time.monotonic() + busy_timeout(engine)
             _begin_immediate(connection.connection.driver_connection, float(deadline))
-        elif not options.get(_ONE_STATEMENT_OPTION):
+        elif not options.get(_NO_SNAPSHOT_OPTION):
             connection.exec_driver_sql("BEGIN")
 
 

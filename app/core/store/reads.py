@@ -43,7 +43,7 @@ class Reads(StoreBase):
         ]
 
     def head(self, path: str) -> StreamInfo:
-        with reading(self.engine, one_statement=True) as conn:
+        with reading(self.engine, snapshot=False) as conn:
             return live_row(conn, path, utcnow()).info()
 
     def read(
@@ -56,19 +56,15 @@ class Reads(StoreBase):
         """
         self._count_read()
         now = utcnow()
-        # A live reader mostly looks at the tail and finds nothing new: one statement. Only
-        # when there are messages to read is the row read again with them, in one snapshot.
-        with reading(self.engine, one_statement=True) as conn:
+        # No snapshot is needed (see reading()): the messages read are below the tail the
+        # row gave, and those never change; a stream purged meanwhile has them all deleted in
+        # one transaction, so the read finds them all or none, and the next read says why.
+        with reading(self.engine, snapshot=False) as conn:
             row = live_row(conn, path, now)
-        messages: list[bytes] = []
-        if position is not None and position < row.next_position:
-            with reading(self.engine) as conn:
-                row = live_row(conn, path, now)
-                position = _start(row, position, past_tail_ok=past_tail_ok)
-                if position < row.next_position:
-                    messages = self._read_messages(conn, row, position, max_bytes)
-        else:
             position = _start(row, position, past_tail_ok=past_tail_ok)
+            messages: list[bytes] = []
+            if position < row.next_position:
+                messages = self._read_messages(conn, row, position, max_bytes)
         info = row.info()
         if row.ttl_seconds is not None:
             self._touch(row.id, now)
