@@ -472,19 +472,27 @@ def sse(reading: StreamReading, position: int | None) -> Response:
     encode_base64 = not is_text(info.content_type)
     client_cursor = request.args.get("cursor")
 
-    def event(batch: Batch) -> str:
-        """A data event with the batch (built once for all its readers), then the control
-        event that tells where to resume after it, in one write: a reader never sees data
-        without its offset."""
-        control = control_event(batch, client_cursor)
-        if not batch.messages:
-            return control
-        data = batch.encoded(
-            "sse-data", lambda: data_event(payload(info, batch.messages), encode_base64)
-        )
-        return f"{data}{control}"
+    def event(batch: Batch) -> bytes:
+        """A data event with the batch, then the control event that tells where to resume
+        after it, in one write: a reader never sees data without its offset. Built once per
+        batch for all its readers (and once per cursor, which nearly all of them share): for
+        hundreds of readers, building and encoding each one's copy was a tenth of the fan-out's
+        CPU."""
+        cursor = None if batch.reached_end else cursors.next_cursor(client_cursor)
 
-    def events() -> Iterator[str]:
+        def build() -> bytes:
+            control = control_event(batch, cursor).encode("utf-8")
+            if not batch.messages:
+                return control
+            data: bytes = batch.encoded(
+                "sse-data",
+                lambda: data_event(payload(info, batch.messages), encode_base64).encode("utf-8"),
+            )
+            return data + control
+
+        return bytes(batch.encoded(f"sse {cursor}", build))
+
+    def events() -> Iterator[bytes]:
         deadline = time.monotonic() + settings.sse_max_duration
         try:
             yield event(first)
@@ -499,7 +507,7 @@ def sse(reading: StreamReading, position: int | None) -> Response:
                     if reader.client_gone:
                         return
                     if keepalive_at <= time.monotonic() < deadline:
-                        yield ": keep-alive\n\n"
+                        yield b": keep-alive\n\n"
                     continue
                 yield event(batch)
         except REFUSALS:
@@ -534,16 +542,17 @@ def data_event(payload: bytes, encode_base64: bool) -> str:
     return "event: data\n" + fields + "\n"
 
 
-def control_event(batch: Batch, client_cursor: str | None) -> str:
+def control_event(batch: Batch, cursor: str | None) -> str:
     """The offset to resume from, also as the event's ``id``: a browser's ``EventSource`` sends
-    it back as ``Last-Event-ID`` when it reconnects."""
+    it back as ``Last-Event-ID`` when it reconnects; and the ``cursor`` to echo (None once the
+    stream has reached its end)."""
     next_offset = offsets.encode(batch.next_position)
     control: dict[str, object] = {"streamNextOffset": next_offset}
-    if batch.reached_end:
+    if cursor is None:
         control["streamClosed"] = True
         control["upToDate"] = True
     else:
-        control["streamCursor"] = cursors.next_cursor(client_cursor)
+        control["streamCursor"] = cursor
         if batch.up_to_date:
             control["upToDate"] = True
     data = json.dumps(control, separators=(",", ":"))
