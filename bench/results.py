@@ -130,8 +130,10 @@ class Results:
         )
 
     def chart(self, path: Path, title: str) -> str | None:
-        """A PNG of every measure, one panel each, a bar per system; None once drawn, else why
-        not (matplotlib missing)."""
+        """A PNG of how Runstream's speed compares with each peer's: for every throughput and
+        median-latency figure, a bar per peer of Runstream's figure over the peer's (for
+        latency, the peer's over Runstream's), on a log scale where right of 1 means Runstream
+        leads. None once drawn, else why not (matplotlib missing, no figure to compare)."""
         try:
             import matplotlib
 
@@ -139,32 +141,52 @@ class Results:
             import matplotlib.pyplot as plt
         except ImportError:
             return "matplotlib is not installed (pip install -e '.[bench]')"
-        measures = self.measures()
-        if not measures:
-            return "no figures"
-        columns = 3
-        rows = -(-len(measures) // columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows), squeeze=False)
-        for axis in axes.flat[len(measures) :]:
-            axis.set_visible(False)
-        for axis, measure in zip(axes.flat, measures, strict=False):
-            systems = self.systems(measure)
-            names = list(systems)
-            ours, _ = self.compared(measure)
-            colours = ["#4338ca" if name in ours else "#9ca3af" for name in names]
-            bars = axis.barh(names, list(systems.values()), color=colours)
-            axis.bar_label(bars, labels=[number(value) for value in systems.values()], padding=3)
-            better = "more" if measure.higher_is_better else "less"
-            heading = f"{measure.scenario}: {measure.name}, {measure.unit} ({better} is better)"
-            axis.set_title(textwrap.fill(heading, 48), fontsize=9)
-            axis.invert_yaxis()
-            axis.tick_params(labelsize=8)
-            axis.margins(x=0.25)
-        figure.suptitle(title, fontsize=11)
+        rows = [row for row in self.rows() if _headline(row["measure"]) and row["peers"]]
+        if not rows:
+            return "no figures compared with a peer"
+        peers = list(dict.fromkeys(peer for row in rows for peer in row["peers"]))
+        colours = dict(zip(peers, plt.get_cmap("tab10").colors, strict=False))
+        bars = sum(len(row["peers"]) for row in rows)
+        figure, axis = plt.subplots(figsize=(13, 1.5 + 0.2 * bars + 0.15 * len(rows)))
+        place, ticks = 0.0, []
+        for row in rows:
+            start = place
+            for peer, (_, factor) in row["peers"].items():
+                if factor:
+                    speed = factor if row["measure"].higher_is_better else 1 / factor
+                    bar = axis.barh(place, speed, height=0.9, color=colours[peer], label=peer)
+                    axis.bar_label(bar, labels=[f"{speed:.2g}x"], fontsize=7, padding=2)
+                place += 1
+            ticks.append((start + place - 1) / 2)
+            place += 0.6  # a gap between rows
+        axis.set_yticks(ticks, [_label(row) for row in rows], fontsize=8)
+        axis.invert_yaxis()
+        handles, labels = axis.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        axis.legend(
+            unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
+        )
+        axis.set_xscale("log")
+        axis.axvline(1, color="black", linewidth=0.8)
+        axis.set_xlabel(
+            "Runstream's speed over the peer's (log scale; right of 1: Runstream leads)"
+        )
+        axis.set_title(title, fontsize=11)
         figure.tight_layout()
-        figure.savefig(path, dpi=110)
+        figure.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(figure)
         return None
+
+
+def _headline(measure: Measure) -> bool:
+    """A throughput or a median latency: what the chart shows."""
+    return measure.unit.endswith("/s") or "p50" in measure.name
+
+
+def _label(row: dict[str, Any]) -> str:
+    measure: Measure = row["measure"]
+    system = f" ({row['system']})" if measure.baseline is not None else ""
+    return f"{textwrap.shorten(measure.scenario, 80, placeholder='…')}: {measure.name}{system}"
 
 
 def ratio(ours: float, theirs: float) -> float | None:
