@@ -63,7 +63,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import Run, Scenario, ScenarioFailed
-from layers import gunicorn
 from live import (
     REDIS_PORT,
     ClientProcesses,
@@ -78,7 +77,7 @@ from live import (
     redis_reachable,
     write_paced,
 )
-from peers import HOST, Server, runstream_server
+from peers import HOST, Server, gunicorn, runstream_server
 from procstat import cpu_seconds, percentile
 from results import RUNSTREAM, Measure
 

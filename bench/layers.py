@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from harness import Run, Scenario, ScenarioFailed
-from peers import HOST, SQLITE, Server, free_port, runstream_server, wait_until_serving
-from procstat import die_with_parent, percentile, stop_server
+from peers import HOST, SQLITE, Server, gunicorn, runstream_server
+from procstat import percentile
 from results import Measure
 
-BENCH = Path(__file__).resolve().parent
 RAW_PING = "a plain request's round trip: HEAD of a stream, one keep-alive connection, raw socket"
 LAYERS = "a plain request through each layer: HEAD of a stream, raw socket, p50"
 BARE = "gunicorn gevent worker, bare WSGI app"
@@ -92,33 +87,6 @@ def raw_ping_scenario(run: Run) -> None:
         times.sort()
         run.results.add(p50, name, percentile(times, 0.50), f"{len(times)} requests")
         run.results.add(p99, name, percentile(times, 0.99), f"{len(times)} requests")
-
-
-@contextlib.contextmanager
-def gunicorn(name: str, app: str, worker: str, logs: Path, **env: str) -> Iterator[Server]:
-    """gunicorn with one ``worker`` process serving ``app`` (a module:callable of bench/, or
-    Runstream's factory), on a free port, stopped with its process group."""
-    port = free_port()
-    log = logs / f"gunicorn-{port}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "--chdir", str(BENCH)),
-                *("-k", worker, "-w", "1", "-b", f"{HOST}:{port}", "--log-level", "warning"),
-                app,
-            ],
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    server = Server(name, f"http://{HOST}:{port}", process, log)
-    try:
-        wait_until_serving(server)
-        yield server
-    finally:
-        stop_server(process)
 
 
 def in_process_head(count: int) -> list[float]:

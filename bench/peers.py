@@ -27,7 +27,8 @@ import httpx
 from procstat import die_with_parent, process_tree, stop_server
 
 HOST = "127.0.0.1"
-NODE_FOLDER = Path(__file__).resolve().parent / "node"
+BENCH = Path(__file__).resolve().parent
+NODE_FOLDER = BENCH / "node"
 START_SECONDS = 30.0
 SQLITE = "Runstream (SQLite)"  # the names of the servers in the results
 REFERENCE = "reference (Node, in memory)"
@@ -179,4 +180,31 @@ def reference_server(logs: Path) -> Iterator[Server]:
     finally:
         if process.stdin is not None:
             process.stdin.close()
+        stop_server(process)
+
+
+@contextlib.contextmanager
+def gunicorn(name: str, app: str, worker: str, logs: Path, **env: str) -> Iterator[Server]:
+    """gunicorn with one ``worker`` process serving ``app`` (a module:callable of bench/, or
+    Runstream's factory), on a free port, stopped with its process group."""
+    port = free_port()
+    log = logs / f"gunicorn-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "--chdir", str(BENCH)),
+                *("-k", worker, "-w", "1", "-b", f"{HOST}:{port}", "--log-level", "warning"),
+                app,
+            ],
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    server = Server(name, f"http://{HOST}:{port}", process, log)
+    try:
+        wait_until_serving(server)
+        yield server
+    finally:
         stop_server(process)
