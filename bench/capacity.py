@@ -326,7 +326,10 @@ def scale_out_problem() -> str | None:
         ("Redis", scale.DEFAULT_REDIS_URL, scale.redis_problem),
     ):
         if (why := problem(url)) is not None:
-            return f"{what} at {url} is unreachable: {why}"
+            return (
+                f"{what} at {url} is unreachable: {why} (RUNSTREAM_BENCH_DATABASE_URL and "
+                "RUNSTREAM_BENCH_REDIS_URL say where: a database the benchmark may empty)"
+            )
     return None
 
 
