@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import peers
+from live import Tally, read_body_part
 from peers import Server, ServerRefused
 from procstat import cpu_seconds, percentile, process_tree, raise_fd_limit
 
@@ -279,7 +280,6 @@ class Http:
                 content = b""
                 while part := await read_body_part(self.reader, True):
                     content += part
-                await self.reader.readuntil(b"\r\n")  # the end of the (empty) trailers
             else:
                 content = await self.reader.readexactly(int(headers.get("content-length", 0)))
             if headers.get("connection", "").lower() == "close":
@@ -295,17 +295,6 @@ class Http:
             with contextlib.suppress(OSError):
                 await self.writer.wait_closed()
             self.writer = None
-
-
-async def read_body_part(reader: asyncio.StreamReader, chunked: bool) -> bytes:
-    """The next piece of a response body: one HTTP chunk, or what has arrived; b"" at its end."""
-    if not chunked:
-        return await reader.read(1 << 16)
-    size_line = await reader.readuntil(b"\r\n")
-    size = int(size_line.split(b";", 1)[0], 16)
-    if size == 0:
-        return b""
-    return (await reader.readexactly(size + 2))[:-2]
 
 
 def wait_go(go: Event, timeout: float) -> None:
@@ -329,43 +318,6 @@ class ReaderJob:
     connect_timeout: float
     drain_seconds: float  # how long, once the writer is done, the readers may still take
     max_seconds: float  # the most the writer may take, after go
-
-
-@dataclass
-class Tally:
-    """What one reader received, checked against the chunks 0..expected-1 it must get."""
-
-    expected: int
-    seen: bytearray = field(init=False)
-    highest: int = -1
-    delivered: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
-    live: bool = False  # connected and at the tail
-    reconnects: int = 0
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        self.seen = bytearray(self.expected)
-
-    def add(self, chunk: dict[str, Any], received_at: float) -> None:
-        n = chunk.get("n")
-        if not isinstance(n, int):
-            return  # the priming chunk
-        if not 0 <= n < self.expected or self.seen[n]:
-            self.duplicates += 1
-            return
-        self.seen[n] = 1
-        self.delivered += 1
-        if n < self.highest:
-            self.out_of_order += 1  # it came after a later chunk
-        self.highest = max(self.highest, n)
-        self.latencies_ms.append((received_at - chunk["t"]) * 1000)
-
-    @property
-    def done(self) -> bool:
-        return self.delivered == self.expected
 
 
 @dataclass
