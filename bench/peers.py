@@ -115,30 +115,38 @@ def runstream_server(
     outer = {key: value for key, value in os.environ.items() if not key.startswith("RUNSTREAM_")}
     with tempfile.TemporaryDirectory() as instance:
         port = free_port()
+        command = [
+            *(sys.executable, "-m", "runstream.server", "serve"),
+            *("--port", str(port), "--workers", str(workers)),
+        ]
+        settings = {"RUNSTREAM_INSTANCE_PATH": instance, "RUNSTREAM_AUTH": "disabled"}
         log = logs / f"runstream-{port}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "runstream.server", "serve"),
-                    *("--port", str(port), "--workers", str(workers)),
-                ],
-                env={
-                    **outer,
-                    "RUNSTREAM_INSTANCE_PATH": instance,
-                    "RUNSTREAM_AUTH": "disabled",
-                    **(env or {}),
-                },
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        server = Server(name, f"http://{HOST}:{port}", process, log)
-        try:
-            wait_until_serving(server)
+        with python_server(name, port, command, log, outer | settings | dict(env or {})) as server:
             yield server
-        finally:
-            stop_server(process)
+
+
+@contextlib.contextmanager
+def python_server(
+    name: str, port: int, command: list[str], log: Path, env: Mapping[str, str]
+) -> Iterator[Server]:
+    """A server of this Python's started with ``command`` in a session of its own, its output
+    in ``log``, dying with the benchmark (:func:`procstat.die_with_parent`); once it answers,
+    the server, stopped with its process group on the way out."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            env=dict(env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    server = Server(name, f"http://{HOST}:{port}", process, log)
+    try:
+        wait_until_serving(server)
+        yield server
+    finally:
+        stop_server(process)
 
 
 def node_ready() -> str | None:
@@ -188,23 +196,12 @@ def gunicorn(name: str, app: str, worker: str, logs: Path, **env: str) -> Iterat
     """gunicorn with one ``worker`` process serving ``app`` (a module:callable of bench/, or
     Runstream's factory), on a free port, stopped with its process group."""
     port = free_port()
-    log = logs / f"gunicorn-{port}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gunicorn", "--chdir", str(BENCH)),
-                *("-k", worker, "-w", "1", "-b", f"{HOST}:{port}", "--log-level", "warning"),
-                app,
-            ],
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    server = Server(name, f"http://{HOST}:{port}", process, log)
-    try:
-        wait_until_serving(server)
+    command = [
+        *(sys.executable, "-m", "gunicorn", "--chdir", str(BENCH)),
+        *("-k", worker, "-w", "1", "-b", f"{HOST}:{port}", "--log-level", "warning"),
+        app,
+    ]
+    with python_server(
+        name, port, command, logs / f"gunicorn-{port}.log", {**os.environ, **env}
+    ) as server:
         yield server
-    finally:
-        stop_server(process)
