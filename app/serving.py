@@ -147,8 +147,8 @@ class ClientSocket(gevent_socket.socket):  # type: ignore[misc]
 
     gevent's ``sendall`` asks the kernel for the socket's send buffer size on every call, to
     cut large data into chunks. A live reader's event is small and the buffer has room for it:
-    one send writes it whole, and the question cost as much as the send (a quarter of the CPU
-    of fanning a stream out to hundreds of SSE readers, measured).
+    one send writes it whole, and leaving the question out saved about 8 % of the server's CPU
+    fanning a stream out to 300 SSE readers (measured).
     """
 
     __slots__ = ()

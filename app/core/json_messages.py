@@ -26,6 +26,8 @@ _WHITESPACE = " \t\n\r"
 # How deeply a JSON value may nest arrays and objects: far more than data needs, and far less
 # than the about 1000 levels where Python's decoder and encoders give up.
 MAX_DEPTH = 64
+# What a refusal of a lone surrogate says, whether the decoder or the check found it.
+LONE_SURROGATE = "a string holds a lone surrogate (such as \\ud800), which is no Unicode character"
 # Python converts no longer integer text (``sys.get_int_max_str_digits()``'s default).
 MAX_INTEGER_DIGITS = 4300
 
@@ -70,10 +72,7 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
                 try:
                     item.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ValueError(
-                        "a string holds a lone surrogate (such as \\ud800), which is no "
-                        "Unicode character"
-                    ) from None
+                    raise ValueError(LONE_SURROGATE) from None
             continue
         if isinstance(item, dict):
             children: list[Any] = [*item.keys(), *item.values()]
@@ -201,7 +200,7 @@ def parse_strict(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
             raise ValueError(f"unexpected data after the JSON value at character {end}")
         return value
     except UnicodeEncodeError:
-        raise Invalid("not valid JSON: a string holds a lone surrogate") from None
+        raise Invalid(f"not valid JSON: {LONE_SURROGATE}") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise Invalid(f"not valid JSON: {error}") from None
 
