@@ -29,10 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from flask import Flask
 from harness import Run, Scenario, ScenarioFailed
 from peers import HOST, SQLITE, Server, gunicorn, runstream_server
 from procstat import percentile
 from results import Measure
+from werkzeug.test import EnvironBuilder
+
+from runstream.server import create_app, runtime_of
 
 RAW_PING = "a plain request's round trip: HEAD of a stream, one keep-alive connection, raw socket"
 LAYERS = "a plain request through each layer: HEAD of a stream, raw socket, p50"
@@ -92,40 +96,39 @@ def raw_ping_scenario(run: Run) -> None:
 def in_process_head(count: int) -> list[float]:
     """Times of ``count`` HEAD requests of one stream handed straight to Runstream's WSGI app,
     in ms, sorted: what the app costs a request, with no server or socket around it."""
-    from werkzeug.test import EnvironBuilder
-
-    from runstream.server import create_app
-
     with tempfile.TemporaryDirectory() as instance:
         app = create_app({"INSTANCE_PATH": instance, "AUTH": "disabled"})
-        client = app.test_client()
-        client.put("/v1/stream/ping", headers={"Content-Type": "application/json"})
-        environ = EnvironBuilder(
-            path="/v1/stream/ping", method="HEAD", environ_base={"REMOTE_ADDR": HOST}
-        ).get_environ()
+        try:
+            return _time_heads(app, count)
+        finally:
+            runtime_of(app).close()
 
-        def one() -> float:
-            started = time.perf_counter()
-            statuses: list[str] = []
-            body = app.wsgi_app(
-                {**environ, "wsgi.input": io.BytesIO()}, lambda status, *_: statuses.append(status)
-            )
-            for _ in body:
-                pass
-            close: Callable[[], Any] | None = getattr(body, "close", None)
-            if close is not None:
-                close()
-            if not statuses or not statuses[0].startswith("200"):
-                raise ScenarioFailed(f"layers: the app answered a HEAD with {statuses}")
-            return (time.perf_counter() - started) * 1000
 
-        for _ in range(min(200, count)):
-            one()
-        times = sorted(one() for _ in range(count))
-        from runstream.server import runtime_of
+def _time_heads(app: Flask, count: int) -> list[float]:
+    client = app.test_client()
+    client.put("/v1/stream/ping", headers={"Content-Type": "application/json"})
+    environ = EnvironBuilder(
+        path="/v1/stream/ping", method="HEAD", environ_base={"REMOTE_ADDR": HOST}
+    ).get_environ()
 
-        runtime_of(app).close()
-        return times
+    def one() -> float:
+        started = time.perf_counter()
+        statuses: list[str] = []
+        body = app.wsgi_app(
+            {**environ, "wsgi.input": io.BytesIO()}, lambda status, *_: statuses.append(status)
+        )
+        for _ in body:
+            pass
+        close: Callable[[], Any] | None = getattr(body, "close", None)
+        if close is not None:
+            close()
+        if not statuses or not statuses[0].startswith("200"):
+            raise ScenarioFailed(f"layers: the app answered a HEAD with {statuses}")
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(min(200, count)):
+        one()
+    return sorted(one() for _ in range(count))
 
 
 def layers(run: Run) -> None:
